@@ -1,0 +1,54 @@
+"""Timing helpers shared by the benchmark scripts: warm-up, medians, machine description."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+K = TypeVar("K")
+
+
+def median_seconds(fns: dict[K, Callable[[], object]], *, reps: int = 10, warmup: int = 2) -> dict[K, float]:
+    """Median wall time of each ``fn()`` over ``reps`` runs after ``warmup`` runs (CUDA-synchronised).
+
+    The functions run round-robin, one call each per round, so that drift in the machine's load
+    (it is shared) affects every column alike and the ratios stay meaningful.
+    """
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    times: dict[K, list[float]] = {key: [] for key in fns}
+    for rep in range(warmup + reps):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            sync()
+            if rep >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(t) for key, t in times.items()}
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads){gpu}, Python {platform.python_version()}")
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Print and return a Markdown table."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    lines = [fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)]
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text

@@ -1,0 +1,26 @@
+// Fused ReLU + per-channel zero count: the plain C++ interface shared by the CPU and CUDA sources.
+//
+// A dense tensor is seen as [outer, channels, inner] in memory order (contiguous NCHW: outer = N,
+// inner = H*W; channels_last or (N, L, C): inner = 1). y may alias x (in place). counts[channels]
+// is overwritten with the number of y elements equal to zero (-0.0 included, NaN excluded).
+#pragma once
+#include <cstdint>
+
+namespace pozfast {
+
+enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
+
+void relu_count_cpu(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels,
+                    int64_t inner, DType dtype);
+int cpu_num_threads();
+
+#ifdef POZFAST_WITH_CUDA
+// Launches on `stream` (a cudaStream_t); returns a cudaError_t value (0 on success).
+int relu_count_cuda(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels,
+                    int64_t inner, DType dtype, void* stream);
+// Number of visible CUDA devices, or -(cudaError_t) when the runtime cannot be queried.
+int cuda_device_count();
+const char* cuda_error_string(int code);
+#endif
+
+}  // namespace pozfast

@@ -1,0 +1,127 @@
+"""Which kernel implementations can run here, and which one an op uses.
+
+Backends: ``cpu-native`` (C++/OpenMP in ``pozfast._C``), ``cuda-native`` (CUDA in ``pozfast._C``),
+``triton`` and ``torch`` (plain PyTorch, always available, the reference). By default an op uses the
+native backend of the tensor's device when it is available and plain torch otherwise. The environment
+variable ``POZFAST_BACKEND`` or the context manager :func:`use_backend` forces one; forcing a backend
+that cannot run the call raises an error that says why, instead of silently falling back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import functools
+import importlib.util
+import os
+from collections.abc import Iterator
+
+import torch
+
+from pozfast._native import load_error, native
+
+BACKEND_NAMES = ("cpu-native", "cuda-native", "triton", "torch")
+_ENV = "POZFAST_BACKEND"
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("pozfast_backend", default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendStatus:
+    """Availability of one backend; ``reason`` says why not, or what it was built with."""
+
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {'available' if self.available else 'unavailable'} ({self.reason})"
+
+
+def _cpu_native() -> BackendStatus:
+    mod = native()
+    if mod is None:
+        return BackendStatus("cpu-native", False, f"pozfast._C not loaded: {load_error()}")
+    omp = f"OpenMP, {mod.cpu_num_threads()} threads" if mod.with_openmp else "built without OpenMP, 1 thread"
+    return BackendStatus("cpu-native", True, omp)
+
+
+def _cuda_native() -> BackendStatus:
+    mod = native()
+    if mod is None:
+        return BackendStatus("cuda-native", False, f"pozfast._C not loaded: {load_error()}")
+    if not mod.with_cuda:
+        return BackendStatus("cuda-native", False, "CUDA sources not compiled (nvcc was not found at build time)")
+    archs = ", ".join(f"sm_{a.split('-')[0]}" for a in mod.cuda_archs.split(",") if a)
+    built = f"compiled for {archs}"
+    count = mod.cuda_device_count()
+    if count <= 0:
+        return BackendStatus("cuda-native", False, f"{built}; no CUDA device")
+    if not torch.cuda.is_available():
+        return BackendStatus("cuda-native", False, f"{built}; {count} device(s) but this torch build has no CUDA")
+    return BackendStatus("cuda-native", True, f"{built}; {count} device(s)")
+
+
+def _triton() -> BackendStatus:
+    if importlib.util.find_spec("triton") is None:
+        return BackendStatus("triton", False, "triton is not installed (pip install 'pozfast[triton]')")
+    return BackendStatus("triton", False, "no Triton kernel is registered for any op in this version")
+
+
+def _torch() -> BackendStatus:
+    return BackendStatus("torch", True, f"plain PyTorch {torch.__version__}")
+
+
+@functools.cache
+def _statuses() -> dict[str, BackendStatus]:
+    # Availability is fixed for the life of the process; ops consult it on every call.
+    return {s.name: s for s in (_cpu_native(), _cuda_native(), _triton(), _torch())}
+
+
+def backends() -> dict[str, BackendStatus]:
+    """Each backend's availability and the reason, e.g. ``backends()["cuda-native"].reason``."""
+    return dict(_statuses())
+
+
+def forced_backend() -> str | None:
+    """The backend forced by :func:`use_backend` or ``POZFAST_BACKEND``, or None."""
+    name = _forced.get() or os.environ.get(_ENV) or None
+    if name is not None and name not in BACKEND_NAMES:
+        raise ValueError(f"{_ENV} / use_backend must be one of {BACKEND_NAMES}, got {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force ``name`` for every op called in this context (thread- and task-local)."""
+    if name not in BACKEND_NAMES:
+        raise ValueError(f"backend must be one of {BACKEND_NAMES}, got {name!r}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+_NATIVE = {"cpu": "cpu-native", "cuda": "cuda-native"}
+
+
+def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
+    """The backend that runs ``op`` on ``device``: the forced one, else native when available, else torch.
+
+    ``supported`` lists the backends that implement ``op``; ``torch`` always does.
+    """
+    forced = forced_backend()
+    if forced is None:
+        candidate = _NATIVE.get(device.type)
+        return candidate if candidate in supported and _statuses()[candidate].available else "torch"
+    if forced == "torch":
+        return forced
+    if forced not in supported:
+        raise RuntimeError(f"backend {forced!r} is forced but {op} has no {forced} implementation")
+    if forced in _NATIVE.values() and forced != _NATIVE.get(device.type):
+        raise RuntimeError(f"backend {forced!r} is forced but cannot run {op} on {device.type} tensors")
+    status = _statuses()[forced]
+    if not status.available:
+        raise RuntimeError(f"backend {forced!r} is forced but unavailable: {status.reason}")
+    return forced

@@ -1,0 +1,1 @@
+"""pozfast's ops, one file each: dispatch, autograd and torch.library registration."""

@@ -1,0 +1,248 @@
+"""``relu_count``: torch.relu fused with a per-channel count of the zeros it outputs.
+
+Public function -> the ``pozfast::relu_count*`` torch.library ops (schema, fake, autograd) -> one
+implementation per device: plain torch by default, ``pozfast._C`` kernels (csrc/relu_count_cpu.cpp,
+csrc/relu_count_cuda.cu) on CPU and CUDA tensors when the native backend is selected
+(:func:`pozfast.backends.select`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+from pozfast._native import native
+from pozfast.backends import select
+
+_DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
+_SUPPORTED = ("cpu-native", "cuda-native", "torch")
+_NATIVE_DEVICES = ("cpu", "cuda")
+
+
+def channel_axis(x: Tensor, channel_dim: int) -> int:
+    """Validate ``x`` for relu_count and return ``channel_dim`` as a non-negative axis."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _DTYPE_CODES:
+        raise TypeError(f"x must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
+    if x.dim() < 2:
+        raise ValueError(f"x must have at least 2 dims (batch and channel), got shape {tuple(x.shape)}")
+    if not isinstance(channel_dim, int) or not -x.dim() <= channel_dim < x.dim():
+        raise ValueError(f"channel_dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape "
+                         f"{tuple(x.shape)}, got {channel_dim!r}")
+    return channel_dim % x.dim()
+
+
+def memory_split(x: Tensor, axis: int) -> tuple[int, int, int] | None:
+    """``(outer, channels, inner)`` of x in memory order if x is non-overlapping and dense, else None.
+
+    Contiguous NCHW gives (N, C, H*W); channels_last gives (N*H*W, C, 1).
+    """
+    sizes, strides = x.shape, x.stride()
+    dims = sorted((d for d in range(x.dim()) if sizes[d] != 1), key=lambda d: strides[d])
+    expected = 1
+    for d in dims:
+        if strides[d] != expected:
+            return None
+        expected *= sizes[d]
+    channels, numel = sizes[axis], x.numel()
+    if channels <= 1 or numel == 0:
+        return 1, channels, numel // max(channels, 1)
+    inner = 1
+    for d in dims:
+        if strides[d] < strides[axis]:
+            inner *= sizes[d]
+    return numel // (channels * inner), channels, inner
+
+
+def count_zeros_reference(y: Tensor, axis: int) -> Tensor:
+    """Per-channel number of zeros of ``y`` (int64), in plain torch."""
+    return (y == 0).sum(dim=[d for d in range(y.dim()) if d != axis], dtype=torch.int64)
+
+
+def _into(x: Tensor, y: Tensor, axis: int, native_ok: bool) -> Tensor:
+    """Write relu(x) into y, which has x's shape and strides (y may be x); return the zero counts.
+
+    Runs the native kernel when ``native_ok`` and the backend selection picks it (x must then be dense),
+    plain torch otherwise.
+    """
+    backend = select("relu_count", x.device, _SUPPORTED) if native_ok else "torch"
+    split = memory_split(x, axis)
+    if backend == "torch" or x.numel() == 0:
+        torch.clamp_min(x, 0, out=y)  # what torch.relu computes, bit for bit
+        return count_zeros_reference(y, axis)
+    assert split is not None and x.stride() == y.stride(), "native relu_count needs dense, equal layouts"
+    zeros = torch.empty(x.shape[axis], dtype=torch.int64, device=x.device)
+    args = (x.data_ptr(), y.data_ptr(), zeros.data_ptr(), *split, _DTYPE_CODES[x.dtype])
+    if backend == "cuda-native":
+        with torch.cuda.device(x.device):
+            native().relu_count_cuda(*args, torch.cuda.current_stream(x.device).cuda_stream)
+    else:
+        native().relu_count_cpu(*args)
+    return zeros
+
+
+def _dense(x: Tensor) -> Tensor:
+    """x itself when dense, else a dense copy with the layout torch.empty_like(x) gives."""
+    return x if memory_split(x, 0) is not None else torch.empty_like(x).copy_(x)
+
+
+def _functional(x: Tensor, channel_dim: int, native_ok: bool) -> tuple[Tensor, Tensor]:
+    axis = channel_axis(x, channel_dim)
+    y = torch.empty_like(x)
+    return y, _into(_dense(x), y, axis, native_ok)
+
+
+def _inplace(x: Tensor, channel_dim: int, native_ok: bool) -> Tensor:
+    axis = channel_axis(x, channel_dim)
+    if memory_split(x, axis) is not None:
+        return _into(x, x, axis, native_ok)
+    work = _dense(x)
+    zeros = _into(work, work, axis, native_ok)
+    x.copy_(work)
+    return zeros
+
+
+def _out(x: Tensor, channel_dim: int, out: Tensor, native_ok: bool) -> Tensor:
+    axis = channel_axis(x, channel_dim)
+    if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
+        raise ValueError(f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} on "
+                         f"{x.device}, out is {tuple(out.shape)} {out.dtype} on {out.device}")
+    if out.stride() == x.stride() and memory_split(x, axis) is not None:
+        return _into(x, out, axis, native_ok)
+    y, zeros = _functional(x, axis, native_ok)
+    out.copy_(y)
+    return zeros
+
+
+# --- torch.library registration: default = plain torch, CPU/CUDA = native when selected -------------
+
+@torch.library.custom_op("pozfast::relu_count", mutates_args=())
+def _relu_count_op(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
+    return _functional(x, channel_dim, native_ok=False)
+
+
+@torch.library.custom_op("pozfast::relu_count_", mutates_args=("x",))
+def _relu_count_inplace_op(x: Tensor, channel_dim: int) -> Tensor:
+    return _inplace(x, channel_dim, native_ok=False)
+
+
+@torch.library.custom_op("pozfast::relu_count_out", mutates_args=("out",))
+def _relu_count_out_op(x: Tensor, channel_dim: int, out: Tensor) -> Tensor:
+    return _out(x, channel_dim, out, native_ok=False)
+
+
+_relu_count_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim: _functional(x, channel_dim, True))
+_relu_count_inplace_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim: _inplace(x, channel_dim, True))
+_relu_count_out_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim, out: _out(x, channel_dim, out, True))
+
+
+def _counts_like(x: Tensor, channel_dim: int) -> Tensor:
+    return x.new_empty((x.shape[channel_axis(x, channel_dim)],), dtype=torch.int64)
+
+
+@_relu_count_op.register_fake
+def _(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
+    return torch.empty_like(x), _counts_like(x, channel_dim)
+
+
+@_relu_count_inplace_op.register_fake
+def _(x: Tensor, channel_dim: int) -> Tensor:
+    return _counts_like(x, channel_dim)
+
+
+@_relu_count_out_op.register_fake
+def _(x: Tensor, channel_dim: int, out: Tensor) -> Tensor:
+    return _counts_like(x, channel_dim)
+
+
+def _relu_grad(y: Tensor, grad_y: Tensor) -> Tensor:
+    # torch.relu's own backward (threshold_backward): grad where y > 0, else 0 (NaN y gives 0).
+    return torch.where(y > 0, grad_y, torch.zeros((), dtype=grad_y.dtype, device=grad_y.device))
+
+
+def _relu_backward(ctx, grad_y: Tensor, grad_zeros: Tensor | None):
+    (y,) = ctx.saved_tensors
+    return _relu_grad(y, grad_y), None
+
+
+def _save_output(ctx, inputs, output) -> None:
+    ctx.save_for_backward(output[0])
+
+
+_relu_count_op.register_autograd(_relu_backward, setup_context=_save_output)
+
+
+class _InplaceWithGrad(torch.autograd.Function):
+    """In-place relu_count under autograd: torch.library takes no autograd formula for mutating ops."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, channel_dim: int):
+        zeros = torch.ops.pozfast.relu_count_(x, channel_dim)
+        ctx.mark_dirty(x)
+        ctx.mark_non_differentiable(zeros)
+        ctx.save_for_backward(x)
+        return x, zeros
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor, grad_zeros: Tensor | None):
+        (y,) = ctx.saved_tensors
+        return _relu_grad(y, grad_y), None
+
+
+def _eager_plain(x: Tensor, out: Tensor | None) -> bool:
+    """True when the call needs nothing from the dispatcher: eager, no autograd, no modes, no subclasses."""
+    return (type(x) is Tensor and (out is None or type(out) is Tensor)
+            and not (x.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling()
+            and not torch._C._is_torch_function_mode_enabled()
+            and _get_current_dispatch_mode() is None)
+
+
+# --- public API -------------------------------------------------------------------------------------
+
+def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
+               out: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``torch.relu(x)`` and, per channel, how many of its elements are zero.
+
+    Args:
+        x: float32, float64, float16 or bfloat16 tensor with at least 2 dims, e.g. (N, C), (N, C, L),
+            (N, C, H, W), (N, C, D, H, W) or channel-last (N, L, C). Contiguous and channels_last inputs
+            run natively without a copy; other strided inputs are copied once.
+        channel_dim: the channel axis (negative counts from the end; -1 for (N, L, C)).
+        inplace: overwrite x, like ``torch.relu_``; no extra allocation.
+        out: write y into this tensor (same shape, dtype and device as x) instead of a new one.
+
+    Returns:
+        ``(y, zeros)``: y equals ``torch.relu(x)`` bit for bit (NaN and -0.0 pass through); zeros is an
+        int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
+        (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
+    """
+    channel_axis(x, channel_dim)  # clear errors before any dispatch
+    if inplace and out is not None:
+        raise ValueError("relu_count: pass either inplace=True or out=, not both")
+    if _eager_plain(x, out):
+        # The registered op costs tens of microseconds of dispatch per call, as much as the kernel on
+        # small activations; plain tensors outside tracing and autograd need none of what it adds.
+        if inplace:
+            zeros = _inplace(x, channel_dim, native_ok=True)
+            torch.autograd.graph.increment_version(x)
+            return x, zeros
+        if out is not None:
+            zeros = _out(x, channel_dim, out, native_ok=True)
+            torch.autograd.graph.increment_version(out)
+            return out, zeros
+        return _functional(x, channel_dim, native_ok=True)
+    needs_grad = torch.is_grad_enabled() and x.requires_grad
+    if inplace:
+        if needs_grad:
+            return _InplaceWithGrad.apply(x, channel_dim)
+        return x, torch.ops.pozfast.relu_count_(x, channel_dim)
+    if out is not None:
+        if needs_grad:
+            raise RuntimeError("relu_count(out=...) does not support autograd (x requires grad); "
+                               "call it without out= or under torch.no_grad()")
+        return out, torch.ops.pozfast.relu_count_out(x, channel_dim, out)
+    return torch.ops.pozfast.relu_count(x, channel_dim)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+import pozfast
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def available_backends(device: str) -> list:
+    """pytest params for the backends that can run on ``device``, unavailable ones skipped with the reason."""
+    status = pozfast.backends()
+    native = {"cpu": "cpu-native", "cuda": "cuda-native"}[device]
+    params = []
+    for name in (native, "torch"):
+        reason = None if status[name].available else f"{name} unavailable: {status[name].reason}"
+        if device == "cuda" and not torch.cuda.is_available():
+            reason = "no CUDA device on this machine"
+        params.append(pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=reason or "")))
+    return params
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bit pattern of a float tensor, so that NaN payloads and -0.0 compare exactly."""
+    return t.view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
+
+
+def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    assert actual.shape == expected.shape and actual.dtype == expected.dtype
+    a, e = bits(actual.cpu()), bits(expected.cpu())
+    bad = (a != e).nonzero()
+    assert bad.numel() == 0, (f"{bad.shape[0]} of {a.numel()} elements differ; first at {bad[:5].tolist()}: "
+                              f"got {actual.cpu()[tuple(bad[0])].item()}, expected {expected.cpu()[tuple(bad[0])].item()}")
+
+
+def special_values(shape, dtype, seed: int, device="cpu") -> torch.Tensor:
+    """Random normal data with a share of exact zeros, -0.0, negatives, NaN (both signs) and +-inf."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    pick = torch.rand(shape, generator=gen)
+    specials = [(0.10, 0.0), (0.15, -0.0), (0.18, float("nan")), (0.20, -float("nan")),
+                (0.22, float("inf")), (0.24, -float("inf"))]
+    low = 0.0
+    for high, value in specials:
+        x[(pick >= low) & (pick < high)] = value
+        low = high
+    return x.to(dtype).to(device)

@@ -1,0 +1,254 @@
+"""pozfast.relu_count against the plain-torch reference, on every available backend."""
+
+import shutil
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pozfast
+from pozfast.ops.relu_count import memory_split
+from tests.conftest import DTYPES, assert_bitwise_equal, available_backends, special_values
+from tests.reference import relu_count_reference
+
+# (shape, channel_dim, layout): layout is "contiguous", "channels_last", "channels_last_3d",
+# "transposed" (a permuted, non-contiguous view) or "strided" (every other element: not dense).
+CASES = [
+    ((1, 1), 1, "contiguous"),
+    ((7, 3), 1, "contiguous"),
+    ((1023, 7), 1, "contiguous"),
+    ((2, 3000), 1, "contiguous"),
+    ((3, 1, 1023), 1, "contiguous"),
+    ((2, 5, 7), 1, "contiguous"),
+    ((3, 7, 130), 1, "contiguous"),          # long rows: row mode
+    ((2, 3, 5, 7), 1, "contiguous"),
+    ((2, 3, 5, 7), 1, "channels_last"),
+    ((4, 3000, 2, 3), 1, "channels_last"),
+    ((2, 3, 2, 5, 7), 1, "contiguous"),
+    ((2, 3, 2, 5, 7), 1, "channels_last_3d"),
+    ((2, 9, 33), -1, "contiguous"),           # (N, L, C) token activations
+    ((3, 17, 1), -1, "contiguous"),
+    ((5, 7), 0, "contiguous"),
+    ((4, 6, 5), 1, "transposed"),
+    ((4, 6, 10), 1, "strided"),
+    ((2, 6, 4, 10), 1, "strided"),
+    ((1, 1, 1, 1), 1, "channels_last"),
+]
+
+
+def make(shape, dtype, layout, seed):
+    if layout == "transposed":
+        return special_values(shape[::-1], dtype, seed).permute(*reversed(range(len(shape))))
+    if layout == "strided":
+        return special_values(shape, dtype, seed)[..., ::2]
+    x = special_values(shape, dtype, seed)
+    fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
+           "channels_last_3d": torch.channels_last_3d}[layout]
+    return x.contiguous(memory_format=fmt)
+
+
+def id_case(case):
+    shape, cd, layout = case
+    return f"{'x'.join(map(str, shape))}-cd{cd}-{layout}"
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=id_case)
+@pytest.mark.parametrize("mode", ["new", "out", "inplace"])
+def test_matches_reference(backend, dtype, case, mode):
+    shape, cd, layout = case
+    x = make(shape, dtype, layout, seed=hash((shape, layout)) % 1000)
+    y_ref, zeros_ref = relu_count_reference(x, cd)
+    with pozfast.use_backend(backend):
+        if mode == "new":
+            y, zeros = pozfast.relu_count(x, cd)
+        elif mode == "out":
+            out = torch.empty_like(x)
+            y, zeros = pozfast.relu_count(x, cd, out=out)
+            assert y is out
+        else:
+            work = x.clone()
+            y, zeros = pozfast.relu_count(work, cd, inplace=True)
+            assert y is work
+    assert_bitwise_equal(y, y_ref)
+    assert zeros.dtype == torch.int64 and zeros.device == x.device
+    assert torch.equal(zeros, zeros_ref)
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("shape,cd", [((0, 5), 1), ((3, 0), 1), ((2, 3, 0, 4), 1), ((0, 4, 3), -1)])
+def test_empty(backend, shape, cd):
+    x = torch.empty(shape)
+    with pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(x, cd)
+        assert y.shape == x.shape
+        assert torch.equal(zeros, torch.zeros(shape[cd], dtype=torch.int64))
+        assert torch.equal(pozfast.relu_count(x.clone(), cd, inplace=True)[1], zeros)
+
+
+def test_counts_past_float_precision():
+    # 2^24 + 3 zeros in one channel: a float32 running count would round; int64 counts must not.
+    x = torch.zeros((2**12 + 1, 2, 2**12), dtype=torch.bfloat16)
+    x[:, 1].fill_(1.0)
+    x[-1, 0, :3] = 2.0
+    n = (2**12 + 1) * 2**12 - 3
+    _, zeros = pozfast.relu_count(x, 1, inplace=True)
+    assert zeros.tolist() == [n, 0]
+    _, zeros = pozfast.relu_count(x.view(2**12 + 1, 2 * 2**12), 1)
+    assert zeros.sum().item() == n
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_random_shapes_and_layouts(backend, data):
+    ndim = data.draw(st.integers(2, 5))
+    shape = tuple(data.draw(st.lists(st.integers(1, 9), min_size=ndim, max_size=ndim)))
+    cd = data.draw(st.integers(-ndim, ndim - 1))
+    perm = data.draw(st.permutations(range(ndim)))
+    dtype = data.draw(st.sampled_from(DTYPES))
+    seed = data.draw(st.integers(0, 2**16))
+    # A tensor whose memory order is `perm`: any dense layout, natively handled.
+    base = special_values(tuple(shape[p] for p in perm), dtype, seed)
+    x = base.permute(*[perm.index(d) for d in range(ndim)])
+    assert x.shape == shape
+    with pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(x, cd)
+    y_ref, zeros_ref = relu_count_reference(x, cd)
+    assert_bitwise_equal(y, y_ref)
+    assert torch.equal(zeros, zeros_ref)
+
+
+def test_dense_layouts_run_without_copy():
+    x = torch.randn(2, 3, 4, 5)
+    assert memory_split(x, 1) == (2, 3, 20)
+    assert memory_split(x.contiguous(memory_format=torch.channels_last), 1) == (40, 3, 1)
+    assert memory_split(torch.randn(2, 7, 9), 2) == (14, 9, 1)
+    assert memory_split(x[..., ::2], 1) is None
+    cl = torch.randn(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)
+    ptr = cl.data_ptr()
+    y, _ = pozfast.relu_count(cl, 1, inplace=True)
+    assert y.data_ptr() == ptr and y.is_contiguous(memory_format=torch.channels_last)
+    assert pozfast.relu_count(cl, 1)[0].stride() == cl.stride()
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+def test_backward_matches_torch_relu(backend, dtype):
+    x = special_values((4, 6, 5), dtype, 3)
+    x = torch.where(torch.isfinite(x), x, torch.zeros((), dtype=dtype))  # finite grads to compare
+    grad = torch.randn(x.shape, dtype=dtype)
+    a = x.clone().requires_grad_()
+    b = x.clone().requires_grad_()
+    with pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(a, 1)
+        assert not zeros.requires_grad
+        y.backward(grad)
+    torch.relu(b).backward(grad)
+    assert_bitwise_equal(a.grad, b.grad)
+
+
+def test_backward_through_inplace():
+    x = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    h = x * 3
+    y, _ = pozfast.relu_count(h, 1, inplace=True)
+    y.sum().backward()
+    assert torch.equal(x.grad, 3 * (x.detach() > 0).double())
+
+
+def test_inplace_on_leaf_requiring_grad_is_refused_like_torch():
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        pozfast.relu_count(torch.randn(3, 4, requires_grad=True), inplace=True)
+    with pytest.raises(RuntimeError, match="out="):
+        pozfast.relu_count(torch.randn(3, 4, requires_grad=True), out=torch.empty(3, 4))
+
+
+def test_gradcheck():
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    x = (x + 0.1 * torch.sign(x)).requires_grad_()  # keep away from the kink at 0
+    assert torch.autograd.gradcheck(lambda t: pozfast.relu_count(t, 1)[0], (x,))
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("x", [torch.randn(3, 4), torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last),
+                               torch.randn(2, 5, 3)[..., ::2]], ids=["2d", "channels_last", "strided"])
+def test_opcheck(backend, x):
+    with pozfast.use_backend(backend):
+        torch.library.opcheck(torch.ops.pozfast.relu_count.default, (x, 1))
+        torch.library.opcheck(torch.ops.pozfast.relu_count_.default, (x.clone(), 1))
+        torch.library.opcheck(torch.ops.pozfast.relu_count_out.default, (x, 1, torch.empty_like(x)))
+
+
+def test_torch_compile_fullgraph():
+    def per_channel_apoz(x):
+        y, zeros = pozfast.relu_count(x, 1)
+        return y * 2, zeros.double() / (x.numel() // x.shape[1])
+
+    compiled = torch.compile(per_channel_apoz, fullgraph=True)
+    x = special_values((4, 3, 5, 5), torch.float32, 11)
+    y, apoz = compiled(x)
+    y_ref, zeros_ref = relu_count_reference(x, 1)
+    assert_bitwise_equal(y, y_ref * 2)
+    assert torch.equal(apoz, zeros_ref.double() / 100)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: pozfast.relu_count(torch.ones(3, 4, dtype=torch.int32)), TypeError, "x must be a float32"),
+    (lambda: pozfast.relu_count(torch.ones(3, 4, dtype=torch.bool)), TypeError, "x must be a float32"),
+    (lambda: pozfast.relu_count(torch.ones(3, 4), 2), ValueError, "channel_dim"),
+    (lambda: pozfast.relu_count(torch.ones(3, 4), -3), ValueError, "channel_dim"),
+    (lambda: pozfast.relu_count(torch.tensor(1.0)), ValueError, "at least 2 dims"),
+    (lambda: pozfast.relu_count(torch.ones(5)), ValueError, "at least 2 dims"),
+    (lambda: pozfast.relu_count([1.0, 2.0]), TypeError, "torch.Tensor"),
+    (lambda: pozfast.relu_count(torch.ones(3, 4), out=torch.empty(4, 3)), ValueError, "out must match"),
+    (lambda: pozfast.relu_count(torch.ones(3, 4), inplace=True, out=torch.empty(3, 4)), ValueError, "either"),
+])
+def test_bad_input(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_forcing_a_backend():
+    x = torch.randn(3, 4)
+    with pozfast.use_backend("cuda-native"), pytest.raises(RuntimeError, match="cuda-native"):
+        pozfast.relu_count(x)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with pozfast.use_backend("gpu"):
+            pass
+
+
+def test_backends_report():
+    status = pozfast.backends()
+    assert list(status) == ["cpu-native", "cuda-native", "triton", "torch"]
+    assert status["torch"].available
+    assert all(s.reason for s in status.values())
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the build has no CUDA sources to check")
+def test_cuda_sources_were_compiled():
+    from pozfast._native import native
+
+    assert native() is not None, pozfast.backends()["cpu-native"].reason
+    assert native().with_cuda
+    reason = pozfast.backends()["cuda-native"].reason
+    assert "compiled for sm_80, sm_90" in reason, reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("backend", available_backends("cuda"))
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=id_case)
+@pytest.mark.parametrize("mode", ["new", "inplace"])
+def test_cuda_matches_reference(backend, dtype, case, mode):
+    shape, cd, layout = case
+    x = make(shape, dtype, layout, seed=7).cuda()
+    y_ref, zeros_ref = relu_count_reference(x, cd)
+    with pozfast.use_backend(backend):
+        if mode == "new":
+            y, zeros = pozfast.relu_count(x, cd)
+        else:
+            y, zeros = pozfast.relu_count(x.clone(), cd, inplace=True)
+    assert_bitwise_equal(y, y_ref)
+    assert zeros.device == x.device and torch.equal(zeros, zeros_ref)
