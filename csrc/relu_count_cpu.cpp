@@ -21,6 +21,8 @@ constexpr int64_t kRowModeMinInner = 64;
 // Largest channels*inner block that gets per-position thread-local counters.
 constexpr int64_t kMaxBlockPositions = int64_t(1) << 18;
 
+// Position mode works on tiles of about this many bytes of y, so that its second pass hits L1/L2.
+constexpr int64_t kTileBytes = int64_t(12) << 10;
 // 32-bit counters keep the vector loops as narrow as the data; they never see more than 2^31 counts
 // (relu_run works in pieces, position counters are only used while outer < 2^32).
 constexpr int64_t kPiece = int64_t(1) << 31;
@@ -53,20 +55,20 @@ inline void relu_positions(const typename Op::Elem* x, typename Op::Elem* y, uin
   }
 }
 
-// Four consecutive blocks at once: one counter update per four elements, which is what bounds the
-// in-cache speed of the position loop.
 template <typename Op>
-inline void relu_positions4(const typename Op::Elem* x, typename Op::Elem* y, uint32_t* pos_counts,
-                            int64_t block) {
+inline void relu_only(const typename Op::Elem* x, typename Op::Elem* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = Op::relu(x[i]);
+}
+
+// Zeros of four consecutive blocks of y, added to per-position counters: one counter update per four
+// elements. Reads y while it is still in cache from relu_only.
+template <typename Op>
+inline void count_positions4(const typename Op::Elem* y, uint32_t* pos_counts, int64_t block) {
 #pragma omp simd
   for (int64_t i = 0; i < block; ++i) {
-    uint32_t zeros = 0;
-    for (int k = 0; k < 4; ++k) {
-      const auto v = Op::relu(x[i + k * block]);
-      y[i + k * block] = v;
-      zeros += Op::is_zero(v);
-    }
-    pos_counts[i] += zeros;
+    pos_counts[i] += uint32_t(Op::is_zero(y[i])) + uint32_t(Op::is_zero(y[i + block])) +
+                     uint32_t(Op::is_zero(y[i + 2 * block])) + uint32_t(Op::is_zero(y[i + 3 * block]));
   }
 }
 
@@ -110,6 +112,8 @@ void relu_count_typed(const void* xv, void* yv, int64_t* counts, int64_t outer, 
   std::vector<int64_t> per_channel(row_mode ? static_cast<size_t>(threads) * width : 0, 0);
   std::vector<uint32_t> per_position(row_mode ? 0 : static_cast<size_t>(threads) * width, 0);
 
+  const int64_t tile_blocks = std::max<int64_t>(4, kTileBytes / (block * int64_t(sizeof(U))));
+
   parallel_slices(numel, threads, [&](int t, int64_t begin, int64_t end) {
     const size_t offset = static_cast<size_t>(t) * width;
     int64_t i = begin;
@@ -121,9 +125,14 @@ void relu_count_typed(const void* xv, void* yv, int64_t* counts, int64_t outer, 
         i = stop;
       } else {
         const int64_t pos = i % block;
-        if (pos == 0 && end - i >= 4 * block) {
-          relu_positions4<Op>(x + i, y + i, per_position.data() + offset, block);
-          i += 4 * block;
+        const int64_t groups = std::min((end - i) / block, tile_blocks) / 4;
+        if (pos == 0 && groups > 0) {
+          // A cache-sized tile: relu as one linear stream (what the prefetchers like), then the
+          // counts from the cached y, four blocks per counter update.
+          relu_only<Op>(x + i, y + i, 4 * groups * block);
+          for (int64_t g = 0; g < groups; ++g)
+            count_positions4<Op>(y + i + 4 * g * block, per_position.data() + offset, block);
+          i += 4 * groups * block;
         } else {
           const int64_t stop = std::min(end, i + (block - pos));
           relu_positions<Op>(x + i, y + i, per_position.data() + offset + pos, stop - i);

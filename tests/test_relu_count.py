@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import pozfast
 from pozfast.ops.relu_count import memory_split
-from tests.conftest import DTYPES, assert_bitwise_equal, available_backends, special_values
+from tests.conftest import DTYPES, assert_bitwise_equal, available_backends, bits, special_values
 from tests.reference import relu_count_reference
 
 # (shape, channel_dim, layout): layout is "contiguous", "channels_last", "channels_last_3d",
@@ -59,7 +59,7 @@ def id_case(case):
 @pytest.mark.parametrize("mode", ["new", "out", "inplace"])
 def test_matches_reference(backend, dtype, case, mode):
     shape, cd, layout = case
-    x = make(shape, dtype, layout, seed=hash((shape, layout)) % 1000)
+    x = make(shape, dtype, layout, seed=CASES.index(case))
     y_ref, zeros_ref = relu_count_reference(x, cd)
     with pozfast.use_backend(backend):
         if mode == "new":
@@ -86,6 +86,16 @@ def test_empty(backend, shape, cd):
         assert y.shape == x.shape
         assert torch.equal(zeros, torch.zeros(shape[cd], dtype=torch.int64))
         assert torch.equal(pozfast.relu_count(x.clone(), cd, inplace=True)[1], zeros)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nan_payload_and_negative_zero_pass_through(dtype):
+    x = special_values((3, 5, 40), dtype, 5)
+    y, zeros = pozfast.relu_count(x, 1)
+    keep = torch.isnan(x) | (x == 0) | (x > 0)
+    assert torch.equal(bits(y)[keep], bits(x)[keep])  # NaN payloads, -0.0 and positives unchanged
+    assert (bits(y)[~keep] == 0).all()                  # negatives and -inf become +0.0
+    assert torch.equal(zeros, ((x == 0) | (x < 0)).sum((0, 2)))
 
 
 def test_counts_past_float_precision():

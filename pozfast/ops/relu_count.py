@@ -216,7 +216,8 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
         out: write y into this tensor (same shape, dtype and device as x) instead of a new one.
 
     Returns:
-        ``(y, zeros)``: y equals ``torch.relu(x)`` bit for bit (NaN and -0.0 pass through); zeros is an
+        ``(y, zeros)``: y equals ``torch.relu(x)`` bit for bit (-0.0 passes through, and so does NaN with
+        its payload, which torch's own 16-bit paths may rewrite depending on layout); zeros is an
         int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
         (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
     """
