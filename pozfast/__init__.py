@@ -1,8 +1,11 @@
 """pozfast: fast APoZ (average percentage of zeros after ReLU), network trimming and representational
 geometry for PyTorch, with native CPU, CUDA and Triton kernels and plain-torch fallbacks."""
 
+from pozfast.apoz import APoZTracker, apoz, track_apoz
 from pozfast.backends import BackendStatus, backends, use_backend
 from pozfast.ops.relu_count import relu_count
+from pozfast.report import APoZReport, LayerAPoZ
 
-__all__ = ["BackendStatus", "backends", "relu_count", "use_backend"]
+__all__ = ["APoZReport", "APoZTracker", "BackendStatus", "LayerAPoZ", "apoz", "backends", "relu_count",
+           "track_apoz", "use_backend"]
 __version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""The APoZ report: per-layer zero counts, APoZ per channel, summary table, portable save/load, plots.
+
+File format (``APoZReport.save``): UTF-8 JSON,
+``{"format": "pozfast-apoz", "version": 1, "layers": [{"key", "module", "call", "channel_dim",
+"channels", "examples", "total", "zeros": [int, ...]}, ...]}`` with layers in forward order. ``total`` is
+the number of elements counted per channel (examples x positions); ``apoz = zeros / total``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from pozfast._io import atomic_write, atomic_write_text
+
+FORMAT = "pozfast-apoz"
+VERSION = 1
+
+
+@dataclasses.dataclass
+class LayerAPoZ:
+    """Zero counts of one ReLU call site.
+
+    Attributes:
+        key: the layer key, ``module path`` or ``module path:call index`` when the module's forward
+            calls ReLU more than once.
+        module: qualified name of the module that made the call (``""`` for the root module).
+        call: index of the call among that module's ReLU calls in one forward pass.
+        channel_dim: the axis of the activation that was treated as the channel.
+        zeros: int64 tensor [C], zeros counted per channel.
+        total: elements counted per channel (examples x positions per example).
+        examples: examples seen (the first dim of the activation, summed over batches).
+    """
+
+    key: str
+    module: str
+    call: int
+    channel_dim: int
+    zeros: Tensor
+    total: int
+    examples: int
+
+    @property
+    def channels(self) -> int:
+        return self.zeros.numel()
+
+    @property
+    def apoz(self) -> Tensor:
+        """float64 tensor [C]: the fraction of zero outputs per channel (NaN if nothing was counted)."""
+        return self.zeros.double() / self.total if self.total else torch.full((self.channels,), float("nan"),
+                                                                               dtype=torch.float64)
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "module": self.module, "call": self.call, "channel_dim": self.channel_dim,
+                "channels": self.channels, "examples": self.examples, "total": self.total,
+                "zeros": self.zeros.tolist()}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LayerAPoZ:
+        return cls(key=d["key"], module=d["module"], call=int(d["call"]), channel_dim=int(d["channel_dim"]),
+                   zeros=torch.tensor(d["zeros"], dtype=torch.int64), total=int(d["total"]),
+                   examples=int(d["examples"]))
+
+
+class APoZReport:
+    """APoZ per channel for every tracked ReLU call site, in forward order.
+
+    ``report.layers`` lists the keys; ``report[key]`` is a :class:`LayerAPoZ` (``.apoz``, ``.zeros``,
+    ``.total``, ``.examples``).
+    """
+
+    def __init__(self, entries: list[LayerAPoZ]):
+        self._entries = {e.key: e for e in entries}
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self._entries)
+
+    def __getitem__(self, key: str) -> LayerAPoZ:
+        try:
+            return self._entries[key]
+        except KeyError:
+            raise KeyError(f"no layer {key!r} in this report; layers: {self.layers}") from None
+
+    def __iter__(self) -> Iterator[LayerAPoZ]:
+        return iter(self._entries.values())
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"APoZReport({len(self)} layers: {self.layers})"
+
+    def summary(self) -> str:
+        """A text table: channels, mean APoZ and how many channels exceed 50 %, 90 %, 99 %, or are 100 %."""
+        headers = ["layer", "channels", "examples", "mean APoZ", ">50%", ">90%", ">99%", "=100%"]
+        rows = []
+        for e in self:
+            a = e.apoz
+            rows.append([e.key, str(e.channels), str(e.examples), f"{a.mean().item():.3f}",
+                         *(str(int((a > t).sum())) for t in (0.5, 0.9, 0.99)), str(int((e.zeros == e.total).sum()))])
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+        line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                       for i, (c, w) in enumerate(zip(cells, widths)))
+        return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "layers": [e.to_json() for e in self]}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the report as JSON (see the module docstring), atomically."""
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> APoZReport:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        if data.get("format") != FORMAT or data.get("version") != VERSION:
+            raise ValueError(f"{path} is not a pozfast APoZ report (format {FORMAT!r} version {VERSION})")
+        return cls([LayerAPoZ.from_json(d) for d in data["layers"]])
+
+    def plot_histogram(self, key: str, path: str | os.PathLike, bins: int = 50) -> Path:
+        """PNG histogram of one layer's APoZ over its channels (like the paper's FC6 figure)."""
+        plt = _pyplot()
+        e = self[key]
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        ax.hist(e.apoz.numpy() * 100, bins=bins, range=(0, 100), color="#3b6ea8", edgecolor="white")
+        ax.set_xlabel("APoZ (%)")
+        ax.set_ylabel("channels")
+        ax.set_title(f"{key}: {e.channels} channels, {e.examples} examples")
+        return _save_figure(fig, path)
+
+    def plot_overview(self, path: str | os.PathLike) -> Path:
+        """PNG of every layer's APoZ distribution (box per layer, mean marked), in forward order."""
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(self) + 2), 4.5), dpi=110)
+        ax.boxplot([e.apoz.numpy() * 100 for e in self], showmeans=True, whis=(0, 100))
+        ax.set_xticks(range(1, len(self) + 1), self.layers, rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("APoZ per channel (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title("APoZ by layer (box: quartiles, whiskers: min/max, triangle: mean)")
+        return _save_figure(fig, path)
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("plots need matplotlib: pip install 'pozfast[plots]'") from exc
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | os.PathLike) -> Path:
+    fig.tight_layout()
+    out = atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    _pyplot().close(fig)
+    return out
