@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "rdm_tiles.h"
 #include "relu_count.h"
 
 namespace py = pybind11;
@@ -36,6 +37,37 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
       py::arg("dtype"));
   m.def("cpu_num_threads", &pozfast::cpu_num_threads);
+
+  m.def(
+      "pack_condensed_cpu",
+      [](uintptr_t tile, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t bad,
+         uintptr_t out, bool is_double) {
+        py::gil_scoped_release release;
+        pozfast::pack_condensed_cpu(ptr<const void>(tile), ldg, rows, cols, i0, j0, n, ptr<const uint8_t>(bad),
+                                    ptr<void>(out), is_double);
+      },
+      py::arg("tile"), py::arg("ldg"), py::arg("rows"), py::arg("cols"), py::arg("i0"), py::arg("j0"), py::arg("n"),
+      py::arg("bad"), py::arg("out"), py::arg("is_double"));
+  m.def(
+      "pair_moments_cpu",
+      [](uintptr_t gram, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t s_rows,
+         uintptr_t q_rows, uintptr_t s_cols, uintptr_t q_cols, double k, double eps, uintptr_t ref, int64_t ldr,
+         int ref_mode, bool is_double) {
+        if (ref_mode < 0 || ref_mode > 2) throw std::invalid_argument("pozfast._C: ref_mode must be 0, 1 or 2");
+        const pozfast::PairMomentsArgs args{ptr<const void>(gram), ldg, rows, cols, i0, j0, n,
+                                            ptr<const double>(s_rows), ptr<const double>(q_rows),
+                                            ptr<const double>(s_cols), ptr<const double>(q_cols), k, eps,
+                                            ptr<const void>(ref), ldr, ref_mode, is_double};
+        double out[6] = {0, 0, 0, 0, 0, 0};
+        {
+          py::gil_scoped_release release;
+          pozfast::pair_moments_cpu(args, out);
+        }
+        return py::make_tuple(out[0], out[1], out[2], out[3], out[4], out[5]);
+      },
+      py::arg("gram"), py::arg("ldg"), py::arg("rows"), py::arg("cols"), py::arg("i0"), py::arg("j0"), py::arg("n"),
+      py::arg("s_rows"), py::arg("q_rows"), py::arg("s_cols"), py::arg("q_cols"), py::arg("k"), py::arg("eps"),
+      py::arg("ref"), py::arg("ldr"), py::arg("ref_mode"), py::arg("is_double"));
 #ifdef POZFAST_OPENMP
   m.attr("with_openmp") = true;
 #else

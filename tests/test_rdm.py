@@ -1,0 +1,328 @@
+"""pozfast.rdm, compare_rdms, rdm_similarity and insertion_curve against float64 references
+(numpy corrcoef, scipy pdist / scipy.stats, rsatoolbox, naive loops)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import pdist, squareform
+from scipy.stats import pearsonr, spearmanr
+
+import pozfast
+from pozfast import rdm as R
+from pozfast.ops.rdm_tiles import pack_condensed, pair_moments, REF_CONDENSED, REF_GRAM, REF_DISSIMILARITY
+from tests.conftest import available_backends
+
+
+def data(kind: str, n: int, d: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return rng.standard_normal((n, d))
+    if kind == "low_rank":
+        return rng.standard_normal((n, 2)) @ rng.standard_normal((2, d)) + 0.01 * rng.standard_normal((n, d))
+    x = rng.standard_normal((n, d)) + 0.3  # sparse ReLU-like features with a large mean
+    x[x < 0.8] = 0
+    x[:, 0] = 1 + rng.random(n)  # no all-zero row
+    return x + 100.0
+
+
+@pytest.mark.parametrize("kind", ["random", "low_rank", "sparse"])
+@pytest.mark.parametrize("n", [2, 3, 37, 300])
+@pytest.mark.parametrize("block", [7, 1024])
+def test_rdm_matches_scipy(kind, n, block):
+    x = data(kind, n, 23, seed=n)
+    ref = pdist(x, "correlation")
+    d64 = R.rdm(x, block=block)
+    assert d64.dtype == torch.float64 and d64.shape == (n * (n - 1) // 2,)
+    np.testing.assert_allclose(d64.numpy(), ref, rtol=0, atol=1e-12)
+    d32 = R.rdm(torch.from_numpy(x).float(), block=block)
+    assert d32.dtype == torch.float32
+    np.testing.assert_allclose(d32.numpy(), ref, rtol=0, atol=2e-5 if kind != "low_rank" else 1e-4)
+    sq = R.rdm(x, out="square", block=block).numpy()
+    np.testing.assert_allclose(sq, squareform(ref), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(sq, 1 - np.corrcoef(x), rtol=0, atol=1e-12)
+
+
+def test_file_output_equals_memory_and_is_atomic(tmp_path, monkeypatch):
+    x = data("random", 53, 9)
+    path = R.rdm(x, out=str(tmp_path / "d.npy"), block=8)
+    np.testing.assert_array_equal(np.load(path), R.rdm(x, block=8).numpy())
+
+    calls = {"n": 0}
+    real = R.pack_condensed
+
+    def failing(*args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real(*args)
+
+    monkeypatch.setattr(R, "pack_condensed", failing)
+    with pytest.raises(KeyboardInterrupt):
+        R.rdm(x, out=str(tmp_path / "e.npy"), block=8)
+    assert not (tmp_path / "e.npy").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["d.npy"]
+
+
+def test_worked_example_from_the_deck():
+    a = [0.91, 0.76, 0.3, 0.7, 0.9, 0]
+    b = [0.4, 0.7, 0.6, 0.3, 0.7, 0]
+    c = [0.02, 0.4, 0.9, 0.2, 0.2, 0]
+    x = np.array([a, b, c])
+    r = 1 - squareform(R.rdm(x).numpy())
+    assert (round(r[0, 1], 3), round(r[1, 2], 3), round(r[0, 2], 3)) == (0.617, 0.556, -0.182)
+    r5 = 1 - squareform(R.rdm(x[:, :5]).numpy())
+    assert (round(r5[0, 1], 3), round(r5[1, 2], 3), round(r5[0, 2], 3)) == (-0.065, 0.403, -0.939)
+
+
+def test_zero_variance_rows_are_nan_with_a_warning():
+    x = data("random", 10, 6)
+    x[3] = 2.5
+    x[7] = 0
+    with pytest.warns(R.ZeroVarianceWarning, match="2 of 10 rows"):
+        d = squareform(R.rdm(x).numpy(), checks=False)
+    nan_rows = {i for i in range(10) if np.isnan(np.delete(d[i], i)).all()}
+    assert nan_rows == {3, 7}
+    assert not np.isnan(d[np.ix_([0, 1, 2], [4, 5, 6])]).any()
+    with pytest.warns(R.ZeroVarianceWarning):
+        sq = R.rdm(x, out="square").numpy()
+    assert np.isnan(sq[3]).all() and np.isnan(sq[:, 7]).all()
+
+
+def test_int64_condensed_index_beyond_46341_items(tmp_path):
+    # A sparse memory-mapped file of N(N-1)/2 float32 for N = 70,000 (indices past 2^31): only the touched pages exist.
+    from numpy.lib.format import open_memmap
+
+    n = 70_000
+    out = open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32, shape=(n * (n - 1) // 2,))
+    tile = torch.tensor([[0.25, 0.5, 0.75], [0.1, 0.2, 0.3]], dtype=torch.float32)
+    bad = torch.zeros(n, dtype=torch.uint8)
+    i0, j0 = n - 5, n - 3
+    pack_condensed(tile, i0, j0, n, bad, torch.from_numpy(out))
+    for r in range(2):
+        for c in range(3):
+            i, j = i0 + r, j0 + c
+            k = i * n - i * (i + 1) // 2 + (j - i - 1)  # Python ints: exact
+            assert k > 2**31
+            assert out[k] == pytest.approx(1 - tile[r, c].item())
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_tile_kernels_match_torch(backend, dtype):
+    rng = np.random.default_rng(1)
+    n, i0, j0, rows, cols = 40, 5, 3, 9, 13
+    tile = torch.from_numpy(rng.standard_normal((rows, cols))).to(dtype)
+    bad = torch.zeros(n, dtype=torch.uint8)
+    bad[[6, 10]] = 1
+    expected = torch.full((n * (n - 1) // 2,), -7.0, dtype=dtype)
+    with pozfast.use_backend("torch"):
+        pack_condensed(tile, i0, j0, n, bad, expected)
+    got = torch.full_like(expected, -7.0)
+    with pozfast.use_backend(backend):
+        pack_condensed(tile, i0, j0, n, bad, got)
+    assert torch.equal(torch.isnan(got), torch.isnan(expected))
+    torch.testing.assert_close(got.nan_to_num(), expected.nan_to_num(), rtol=0, atol=0)
+
+    s_r, s_c = torch.from_numpy(rng.standard_normal(rows)), torch.from_numpy(rng.standard_normal(cols))
+    q_r, q_c = s_r ** 2 / 4 + torch.from_numpy(rng.random(rows)), s_c ** 2 / 4 + torch.from_numpy(rng.random(cols))
+    q_r[2] = s_r[2] ** 2 / 4  # zero variance: skipped
+    cond = torch.from_numpy(rng.random(n * (n - 1) // 2)).to(dtype)
+    cond[::7] = float("nan")
+    for ref, mode in [(tile.flip(0).contiguous(), REF_DISSIMILARITY), (tile.flip(1).contiguous(), REF_GRAM),
+                      (cond, REF_CONDENSED)]:
+        with pozfast.use_backend("torch"):
+            want = pair_moments(tile, i0, j0, n, s_r, q_r, s_c, q_c, 4.0, 1e-10, ref, mode)
+        with pozfast.use_backend(backend):
+            have = pair_moments(tile, i0, j0, n, s_r, q_r, s_c, q_c, 4.0, 1e-10, ref, mode)
+        torch.testing.assert_close(have, want, rtol=1e-9 if dtype == torch.float64 else 1e-5, atol=1e-9)
+        assert have[0] == want[0] and have[0] > 0
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        R.rdm(np.ones((1, 4)))
+    with pytest.raises(ValueError, match="2-D"):
+        R.rdm(np.ones(4))
+    x = data("random", 5, 3)
+    x[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        R.rdm(x)
+    with pytest.raises(ValueError, match="out must be"):
+        R.rdm(np.random.rand(4, 3), out="d.txt")
+    with pytest.raises(ValueError, match="not such a length"):
+        R.compare_rdms(np.ones(5), np.ones(5))
+    with pytest.raises(ValueError, match="different N"):
+        R.compare_rdms(np.ones(6), np.ones(10))
+    asym = np.random.rand(4, 4)
+    with pytest.raises(ValueError, match="not symmetric"):
+        R.compare_rdms(asym, asym)
+    with pytest.raises(ValueError, match="same number of items"):
+        R.rdm_similarity(np.random.rand(5, 3), np.random.rand(6, 3))
+    with pytest.raises(ValueError, match="the RDM Y has 4"):
+        R.rdm_similarity(np.random.rand(5, 3), np.random.rand(6), y_kind="rdm")
+    with pytest.raises(ValueError, match="one value per feature"):
+        R.insertion_curve(np.random.rand(5, 3), np.random.rand(4))
+    with pytest.raises(ValueError, match="method must be one of"):
+        R.compare_rdms(np.ones(6), np.ones(6), "kendall")
+
+
+def _tau_a_bruteforce(x, y):
+    n = len(x)
+    s = sum(np.sign(x[i] - x[j]) * np.sign(y[i] - y[j]) for i in range(n) for j in range(i + 1, n))
+    return s / (n * (n - 1) / 2)
+
+
+def test_compare_rdms_against_scipy():
+    rng = np.random.default_rng(3)
+    a, b = pdist(rng.random((20, 4)), "correlation"), pdist(rng.random((20, 4)), "correlation")
+    a[[3, 50]] = np.nan
+    b[7] = np.nan
+    keep = ~(np.isnan(a) | np.isnan(b))
+    c = R.compare_rdms(a, b)
+    assert c.n_pairs == keep.sum() == 190 - 3
+    assert c.value == pytest.approx(pearsonr(a[keep], b[keep]).statistic, abs=1e-12)
+    assert R.compare_rdms(a, b, "r2").value == pytest.approx(c.value ** 2, abs=1e-12)
+    assert R.compare_rdms(a, b, "spearman").value == pytest.approx(spearmanr(a[keep], b[keep]).statistic, abs=1e-12)
+    # ties: rounded values
+    ar, br = np.round(a, 1), np.round(b, 1)
+    assert R.compare_rdms(ar, br, "kendall_tau_a").value == pytest.approx(_tau_a_bruteforce(ar[keep], br[keep]), abs=1e-12)
+    cos = a[keep] @ b[keep] / np.linalg.norm(a[keep]) / np.linalg.norm(b[keep])
+    assert R.compare_rdms(a, b, "cosine").value == pytest.approx(cos, abs=1e-12)
+    # square input and similarity input give the same answers
+    sq = squareform(np.nan_to_num(a, nan=0.5))
+    assert R.compare_rdms(sq, b).value == pytest.approx(R.compare_rdms(np.nan_to_num(a, nan=0.5), b).value, abs=1e-12)
+    sim = 1 - b
+    assert R.compare_rdms(a, sim, "spearman", b_kind="similarity").value == pytest.approx(
+        R.compare_rdms(a, b, "spearman").value, abs=1e-12)
+
+
+def test_parity_with_rsatoolbox():
+    rsa = pytest.importorskip("rsatoolbox", reason="rsatoolbox not installed (pip install 'pozfast[test]')")
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm, compare
+
+    rng = np.random.default_rng(4)
+    x, y = rng.random((25, 7)), rng.random((25, 5))
+    ra, rb = calc_rdm(Dataset(x), method="correlation"), calc_rdm(Dataset(y), method="correlation")
+    np.testing.assert_allclose(R.rdm(x).numpy(), ra.get_vectors()[0], atol=1e-12)
+    for ours, theirs in [("pearson", "corr"), ("spearman", "spearman"), ("kendall_tau_a", "tau-a"), ("cosine", "cosine")]:
+        want = float(compare(ra, rb, method=theirs)[0, 0])
+        assert R.compare_rdms(R.rdm(x), R.rdm(y), ours).value == pytest.approx(want, abs=1e-10), ours
+    del rsa
+
+
+@pytest.mark.parametrize("path", ["features", "tiled"])
+def test_streaming_similarity_equals_materialised(path):
+    x, y = data("sparse", 61, 9, 5), data("low_rank", 61, 4, 6)
+    want = R.compare_rdms(R.rdm(x), R.rdm(y))
+    got = R.rdm_similarity(x, y, path=path, block=16)
+    assert got.path == path and got.n_pairs == want.n_pairs
+    assert got.value == pytest.approx(want.value, abs=1e-10)
+    assert R.rdm_similarity(x, y, "r2", path=path, block=16).value == pytest.approx(want.value ** 2, abs=1e-10)
+
+
+def test_streaming_against_a_given_rdm_with_nan_and_zero_variance():
+    x = data("random", 40, 6, 7)
+    x[5] = 1.0
+    human = pdist(data("random", 40, 3, 8), "correlation")
+    human[::11] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ZeroVarianceWarning)
+        want = R.compare_rdms(R.rdm(x), human)
+        got = R.rdm_similarity(x, human, block=9)
+        got_square = R.rdm_similarity(x, squareform(np.nan_to_num(human)), block=9)
+    assert got.path == "tiled" and got.n_pairs == want.n_pairs < 780
+    assert got.value == pytest.approx(want.value, abs=1e-10)
+    assert np.isfinite(got_square.value)
+    assert R.rdm_similarity(x, np.random.rand(40, 100)).path == "tiled"  # D_A + D_B >= N / 2
+    assert R.rdm_similarity(np.random.rand(400, 5), np.random.rand(400, 6)).path == "features"
+
+
+def naive_curve(x, poz, order, steps, reference, method):
+    perm = np.argsort(poz if order == "low_to_high" else -poz, kind="stable")
+    ref = pdist(x, "correlation") if reference is None else reference
+    out = []
+    for k in R._step_counts(x.shape[1], steps):
+        with np.errstate(all="ignore"):
+            d = pdist(x[:, perm[:k]], "correlation")
+        keep = ~(np.isnan(d) | np.isnan(ref))
+        if method == "spearman":
+            v = spearmanr(np.round(d[keep], 10), ref[keep]).statistic
+        else:
+            v = pearsonr(d[keep], ref[keep]).statistic
+            v = v * v if method == "r2" else v
+        out.append((k, v, int(keep.sum())))
+    return out
+
+
+@pytest.mark.parametrize("order", ["low_to_high", "high_to_low"])
+@pytest.mark.parametrize("method,with_ref", [("r2", False), ("pearson", True), ("spearman", True)])
+def test_insertion_curve_equals_naive_loop(order, method, with_ref):
+    x = data("sparse", 45, 30, 9) - 100
+    x[:, 0] = 0  # so that early steps over high-PoZ features have constant rows
+    poz = (x == 0).mean(0) + np.linspace(0, 1e-3, 30)
+    reference = pdist(data("random", 45, 5, 10), "correlation") if with_ref else None
+    if reference is not None:
+        reference[::13] = np.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ZeroVarianceWarning)
+        curve = R.insertion_curve(x, poz, order=order, steps=7, reference=reference, method=method, block=16)
+    want = naive_curve(x, poz, order, 7, reference, method)
+    assert curve.n_features == [k for k, _, _ in want]
+    assert curve.n_pairs == [p for _, _, p in want]
+    np.testing.assert_allclose(curve.values, [v for _, v, _ in want], rtol=0, atol=1e-6)
+    assert curve.fractions[-1] == 1.0
+
+
+def test_curve_plot_and_poz_from_a_report(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.ReLU())
+    xs = torch.randn(30, 6)
+    report = pozfast.apoz(model, [xs], progress=False)
+    with torch.no_grad():
+        feats = model(xs)
+    keep = feats.std(0) > 0  # features that vary
+    feats = feats[:, keep]
+    entry = report["1"]
+    entry_apoz = entry.apoz[keep]
+    low = R.insertion_curve(feats, entry_apoz, steps=4)
+    high = R.insertion_curve(feats, entry_apoz, order="high_to_low", steps=4)
+    png = low.plot(tmp_path / "c.png", others=[high])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert low.value_at(1.0) == pytest.approx(1.0)
+    assert set(low.to_dict()) >= {"fractions", "values", "n_pairs", "n_features"}
+
+
+def _distributed_worker(rank, world, init_file, out_dir):
+    import json
+    from pathlib import Path
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x, y = data("sparse", 50, 12, 1), data("random", 50, 4, 2)
+        poz = np.linspace(0, 1, 12)
+        result = {
+            "features": R.rdm_similarity(x, y, path="features").value,
+            "tiled": R.rdm_similarity(x, y, path="tiled", block=8).value,
+            "curve": R.insertion_curve(x, poz, steps=5, block=8).values,
+            "pairs": R.insertion_curve(x, poz, steps=5, block=8).n_pairs,
+        }
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(result))
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_distributed_equals_single_process(tmp_path):
+    import json
+
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    x, y = data("sparse", 50, 12, 1), data("random", 50, 4, 2)
+    poz = np.linspace(0, 1, 12)
+    single = R.insertion_curve(x, poz, steps=5, block=8)
+    for rank in range(2):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["features"] == pytest.approx(R.rdm_similarity(x, y, path="features").value, abs=1e-12)
+        assert got["tiled"] == pytest.approx(R.rdm_similarity(x, y, path="tiled", block=8).value, abs=1e-12)
+        np.testing.assert_allclose(got["curve"], single.values, atol=1e-12)
+        assert got["pairs"] == single.n_pairs
