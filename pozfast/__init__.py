@@ -4,7 +4,7 @@ geometry for PyTorch, with native CPU, CUDA and Triton kernels and plain-torch f
 from pozfast.apoz import APoZTracker, apoz, track_apoz
 from pozfast.backends import BackendStatus, backends, use_backend
 from pozfast.ops.relu_count import relu_count
-from pozfast.rdm import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
+from pozfast.geometry import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
 from pozfast.report import APoZReport, LayerAPoZ
 
 __all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "apoz",

@@ -10,7 +10,7 @@ from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr, spearmanr
 
 import pozfast
-from pozfast import rdm as R
+from pozfast import geometry as R
 from pozfast.ops.rdm_tiles import pack_condensed, pair_moments, REF_CONDENSED, REF_GRAM, REF_DISSIMILARITY
 from tests.conftest import available_backends
 

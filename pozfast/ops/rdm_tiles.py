@@ -1,7 +1,7 @@
 """RDM tile epilogues: condensed packing and fused Pearson pair sums over a Gram tile.
 
 Native kernels in csrc/rdm_tiles_cpu.cpp (CPU tensors); plain torch for other devices, as the reference,
-and when ``torch`` is forced. Internal ops of :mod:`pozfast.rdm`, called from Python drivers (not
+and when ``torch`` is forced. Internal ops of :mod:`pozfast.geometry`, called from Python drivers (not
 registered with torch.library: they write into caller-owned buffers, e.g. a memory-mapped .npy file).
 """
 
