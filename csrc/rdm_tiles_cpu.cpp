@@ -38,49 +38,70 @@ template <typename T>
 void moments(const PairMomentsArgs& a, double* out) {
   const T* g = static_cast<const T*>(a.gram);
   const T* ref = static_cast<const T*>(a.ref);
-  // Per row and column: the mean term s / sqrt(k) and 1 / sqrt(variance), 0 for invalid rows.
-  auto prepare = [&](const double* s, const double* q, int64_t len, std::vector<double>& m, std::vector<double>& inv) {
+  // Per row and column: the mean term s / sqrt(k) and 1 / sqrt(variance); invalid rows get 0 and a flag.
+  auto prepare = [&](const double* s, const double* q, int64_t len, auto& m, auto& inv, auto& valid) {
     m.resize(len);
     inv.resize(len);
+    valid.resize(len);
     for (int64_t t = 0; t < len; ++t) {
       const double v = q[t] - s[t] * s[t] / a.k;
       const bool ok = v > a.eps * q[t] && v > 0;
       m[t] = s[t] / std::sqrt(a.k);
       inv[t] = ok ? 1.0 / std::sqrt(v) : 0.0;
+      valid[t] = ok ? 1.0 : 0.0;
     }
   };
-  std::vector<double> mr, ir, mc, ic;
-  prepare(a.s_rows, a.q_rows, a.rows, mr, ir);
-  prepare(a.s_cols, a.q_cols, a.cols, mc, ic);
-  double n = 0, sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+  std::vector<double> mr, ir, vr;
+  std::vector<T> mc, ic, vc;
+  prepare(a.s_rows, a.q_rows, a.rows, mr, ir, vr);
+  prepare(a.s_cols, a.q_cols, a.cols, mc, ic, vc);
+  // Sums of r and of the reference value u over valid pairs; x = 1 - r and y = u (or 1 - u for a
+  // Gram reference) are applied to the sums at the end, which keeps the pair loop short.
+  const T u_shift = a.ref_mode == 1 ? T(0) : T(1);  // dissimilarities sit near 1, Gram entries near 0
+  double n = 0, sr = 0, su = 0, srr = 0, suu = 0, sru = 0;
 #ifdef POZFAST_OPENMP
-#pragma omp parallel for schedule(dynamic, 8) reduction(+ : n, sx, sy, sxx, syy, sxy) if (a.rows * a.cols > (int64_t(1) << 14))
+#pragma omp parallel for schedule(dynamic, 8) reduction(+ : n, sr, su, srr, suu, sru) if (a.rows * a.cols > (int64_t(1) << 14))
 #endif
   for (int64_t r = 0; r < a.rows; ++r) {
-    if (ir[r] == 0.0) continue;
+    if (vr[r] == 0.0) continue;
     const int64_t i = a.i0 + r;
     const int64_t c0 = std::max<int64_t>(0, i + 1 - a.j0);
+    if (c0 >= a.cols) continue;
     const T* grow = g + r * a.ldg;
-    const T* yrow = a.ref_mode == 2 ? (c0 < a.cols ? ref + condensed_index(i, a.j0 + c0, a.n) - c0 : ref)
-                                    : ref + r * a.ldr;
-    const double sign = a.ref_mode == 1 ? -1.0 : 1.0;
-    const double offset = a.ref_mode == 1 ? 1.0 : 0.0;
-    const double mi = mr[r], invi = ir[r];
-#pragma omp simd reduction(+ : n, sx, sy, sxx, syy, sxy)
+    const T* urow = a.ref_mode == 2 ? ref + condensed_index(i, a.j0 + c0, a.n) - c0 : ref + r * a.ldr;
+    // Per-pair work in T (float tiles: twice the vector lanes), per-row sums in T, totals in float64.
+    // The values summed are r in [-1, 1] and u shifted by u_shift to sit near 0, so float row sums
+    // over at most a tile's columns do not cancel.
+    const T mi = T(mr[r]), invi = T(ir[r]);
+    const T* mcp = mc.data();
+    const T* icp = ic.data();
+    const T* vcp = vc.data();
+    T rn = 0, rsr = 0, rsu = 0, rsrr = 0, rsuu = 0, rsru = 0;
+#pragma omp simd reduction(+ : rn, rsr, rsu, rsrr, rsuu, rsru)
     for (int64_t c = c0; c < a.cols; ++c) {
-      const double y = offset + sign * double(yrow[c]);
-      const bool ok = ic[c] != 0.0 && !std::isnan(y);
-      const double x = 1.0 - (double(grow[c]) - mi * mc[c]) * invi * ic[c];
-      const double w = ok ? 1.0 : 0.0;
-      const double xw = ok ? x : 0.0, yw = ok ? y : 0.0;
-      n += w;
-      sx += xw;
-      sy += yw;
-      sxx += xw * xw;
-      syy += yw * yw;
-      sxy += xw * yw;
+      const T u0 = urow[c] - u_shift;
+      const bool ok = vcp[c] != T(0) && u0 == u0;  // u0 == u0: not NaN
+      const T rho = ok ? (grow[c] - mi * mcp[c]) * (invi * icp[c]) : T(0);
+      const T u = ok ? u0 : T(0);
+      rn += ok ? T(1) : T(0);
+      rsr += rho;
+      rsu += u;
+      rsrr += rho * rho;
+      rsuu += u * u;
+      rsru += rho * u;
     }
+    n += rn;
+    sr += rsr;
+    su += rsu;
+    srr += rsrr;
+    suu += rsuu;
+    sru += rsru;
   }
+  // x = 1 - r;  y = 1 - u for a Gram reference, else y = u + u_shift = u + 1.
+  const double sx = n - sr, sxx = n - 2 * sr + srr;
+  const double sign = a.ref_mode == 1 ? -1.0 : 1.0;  // y = 1 + sign * u
+  const double sy = n + sign * su, syy = n + 2 * sign * su + suu;
+  const double sxy = n + sign * su - sr - sign * sru;
   out[0] += n;
   out[1] += sx;
   out[2] += sy;

@@ -67,6 +67,61 @@ def cmd_apoz(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_array(path: str):
+    """A tensor from a .npy (numpy) or .pt (torch.save of one tensor) file."""
+    import numpy as np
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"error: no file {p}")
+    if p.suffix == ".npy":
+        return torch.from_numpy(np.load(p, mmap_mode="r").copy())
+    if p.suffix in (".pt", ".pth"):
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+        if not isinstance(obj, torch.Tensor):
+            raise SystemExit(f"error: {p} holds a {type(obj).__name__}, not a tensor")
+        return obj
+    raise SystemExit(f"error: {p}: expected a .npy or .pt file")
+
+
+def cmd_rdm(args: argparse.Namespace) -> int:
+    import json
+
+    import pozfast
+
+    X = load_array(args.features)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.compare and args.curve:
+        raise SystemExit("error: give --compare or --curve, not both")
+    if args.compare:
+        result = pozfast.rdm_similarity(X, load_array(args.compare), args.method or "pearson", y_kind=args.y_kind,
+                                        progress=not args.no_progress)
+        numbers = {"method": result.method, "value": result.value, "n_pairs": result.n_pairs, "path": result.path}
+        print(f"{result.method} between the RDMs: {result.value:.6f} over {result.n_pairs} pairs ({result.path} path)")
+    elif args.curve:
+        poz = load_array(args.curve)
+        reference = load_array(args.reference) if args.reference else None
+        orders = ["low_to_high", "high_to_low"] if args.order == "both" else [args.order]
+        curves = [pozfast.insertion_curve(X, poz, order=o, steps=args.steps, reference=reference,
+                                          method=args.method or "r2", progress=not args.no_progress) for o in orders]
+        curves[0].plot(out / "curve.png", others=curves[1:])
+        numbers = {c.order: c.to_dict() for c in curves}
+        for c in curves:
+            print(f"{c.order}: {c.method} at 25/50/100 % of features = "
+                  f"{c.value_at(0.25):.4f} / {c.value_at(0.5):.4f} / {c.values[-1]:.4f}")
+        print(f"wrote {out / 'curve.png'}")
+    else:
+        path = pozfast.rdm(X, out=str(out / "rdm.npy"), progress=not args.no_progress)
+        n = X.shape[0]
+        numbers = {"n_items": n, "n_pairs": n * (n - 1) // 2, "rdm": str(path), "order": "scipy squareform (condensed)"}
+        print(f"wrote the condensed RDM of {n} items ({n * (n - 1) // 2} pairs) to {path}")
+    (out / "result.json").write_text(json.dumps(numbers, indent=1))
+    print(f"numbers in {out / 'result.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pozfast",
@@ -90,6 +145,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="FILE", help="save counts here while running; resume from it if it exists")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_apoz)
+
+    r = sub.add_parser(
+        "rdm", help="Pearson RDMs, RDM comparison and PoZ insertion curves from saved features",
+        description="Compute the Pearson RDM (1 - r between rows) of a features file, compare it with another "
+                    "RDM without materialising either (--compare), or compute PoZ-ordered feature insertion "
+                    "curves (--curve). Inputs are .npy or .pt files; numbers go to result.json, plots to PNG.",
+        epilog="examples:\n  pozfast rdm acts.npy --out runs/rdm\n"
+               "  pozfast rdm acts.npy --compare human_rdm.npy --method r2\n"
+               "  pozfast rdm acts.npy --curve poz.npy --order both --steps 50",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    r.add_argument("features", metavar="FEATURES", help="(N, D) features, .npy or .pt")
+    r.add_argument("--out", default="pozfast-rdm", metavar="DIR", help="output folder (default: %(default)s)")
+    r.add_argument("--compare", metavar="FILE", help="features (N, D2) or an RDM (condensed or square) to compare with")
+    r.add_argument("--y-kind", default="auto", choices=["auto", "features", "rdm"], help="what --compare holds")
+    r.add_argument("--curve", metavar="POZ", help="per-feature PoZ [D]: compute insertion curves")
+    r.add_argument("--order", default="both", choices=["both", "low_to_high", "high_to_low"])
+    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--reference", metavar="FILE", help="reference RDM for --curve (default: the full-feature RDM)")
+    r.add_argument("--method", choices=["pearson", "r2", "spearman"],
+                   help="comparison (default: pearson for --compare, r2 for --curve; spearman only for --curve)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    r.set_defaults(func=cmd_rdm)
     return parser
 
 

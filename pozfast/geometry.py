@@ -30,9 +30,8 @@ from torch import Tensor
 
 from pozfast.ops.rdm_tiles import REF_CONDENSED, REF_GRAM, pack_condensed, pair_moments
 
-DEFAULT_BLOCK = 1024
 CURVE_BLOCK = 1024
-_STATS_CHUNK = 4096
+_CHUNK_ELEMENTS = 1 << 19  # row chunks of the O(N D) passes: bounded float64 temporaries
 _VAR_EPS = 1e-10
 _RANK_DECIMALS = 10  # relative variance under which a row counts as constant
 
@@ -65,9 +64,7 @@ def _as_features(X: Any, name: str = "X") -> Tensor:
         raise ValueError(f"{name} needs at least 2 rows (items) for an RDM, got {X.shape[0]}")
     if X.shape[1] < 1:
         raise ValueError(f"{name} has no features (shape {tuple(X.shape)})")
-    if not bool(torch.isfinite(X).all()):
-        raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
-    return X
+    return X  # finiteness is checked by _row_stats, in the same pass as the row statistics
 
 
 def condensed_length(n: int) -> int:
@@ -124,16 +121,28 @@ class _RowStats:
         return torch.sub(rows, self.mean[lo:hi, None].to(device=device, dtype=dtype))
 
 
-def _row_stats(X: Tensor, warn: bool = True) -> _RowStats:
-    """Row means and centred norms in float64, computed in chunks (no float64 copy of X)."""
+def _row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    rows = max(min_rows, _CHUNK_ELEMENTS // max(d, 1))
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def _default_block(n: int) -> int:
+    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs.
+    return int(min(1024, max(256, -(-n // 8 // 64) * 64)))
+
+
+def _row_stats(X: Tensor, warn: bool = True, name: str = "X") -> _RowStats:
+    """Row means and centred norms in float64, in row chunks (no float64 copy of X); X must be finite."""
     n = X.shape[0]
     mean = torch.empty(n, dtype=torch.float64)
     sq = torch.empty(n, dtype=torch.float64)
-    for lo in range(0, n, _STATS_CHUNK):
-        rows = X[lo:lo + _STATS_CHUNK].double().cpu()
+    for lo, hi in _row_chunks(n, X.shape[1]):
+        rows = X[lo:hi].double().cpu()
         m = rows.mean(1)
-        mean[lo:lo + len(rows)] = m
-        sq[lo:lo + len(rows)] = ((rows - m[:, None]) ** 2).sum(1)
+        mean[lo:hi] = m
+        sq[lo:hi] = ((rows - m[:, None]) ** 2).sum(1)
+    if not bool(torch.isfinite(mean).all() and torch.isfinite(sq).all()):  # NaN and inf reach the sums
+        raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
     scale = (mean * mean * X.shape[1]).clamp_min(torch.finfo(torch.float64).tiny)
     bad = (sq <= _VAR_EPS * scale) | (sq == 0)
     inv = torch.where(bad, torch.zeros_like(sq), 1 / sq.clamp_min(1e-300).sqrt())
@@ -205,7 +214,7 @@ def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = Non
         out: ``"condensed"`` (N(N-1)/2 entries, scipy squareform order), ``"square"`` (N x N, zero
             diagonal), or a path ending in ``.npy``: the condensed RDM written blockwise to a memory-mapped
             file, complete or absent (written under a temporary name, then renamed).
-        block: tile size (rows per GEMM block); default 1024.
+        block: tile size (rows per GEMM block); default about N / 8, between 256 and 1024.
         device: where the GEMMs run (default: X's device).
         progress: tqdm bar over tiles.
     Returns:
@@ -216,7 +225,7 @@ def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = Non
     device = torch.device(device) if device is not None else X.device
     dtype = _compute_dtype(X)
     n = X.shape[0]
-    block = int(block or DEFAULT_BLOCK)
+    block = int(block or _default_block(n))
     if block < 1:
         raise ValueError(f"block must be a positive int, got {block}")
     stats = _row_stats(X)
@@ -424,7 +433,7 @@ def _feature_moments(X: Tensor, Y: Tensor) -> Tensor:
     With z the centred, unit-norm rows: sum_{i<j} r_ij = (|sum_i z_i|^2 - n) / 2,
     sum_{i<j} r_ij^2 = (|Z^T Z|_F^2 - n) / 2, sum_{i<j} r^X_ij r^Y_ij = (|Z_X^T Z_Y|_F^2 - n) / 2.
     """
-    sx, sy = _row_stats(X), _row_stats(Y)
+    sx, sy = _row_stats(X), _row_stats(Y, name="Y")
     good = ~(sx.bad | sy.bad)
     rank, world = _world()
     dx, dy = X.shape[1], Y.shape[1]
@@ -433,9 +442,7 @@ def _feature_moments(X: Tensor, Y: Tensor) -> Tensor:
     gxy = torch.zeros(dx, dy, dtype=torch.float64)
     ux = torch.zeros(dx, dtype=torch.float64)
     uy = torch.zeros(dy, dtype=torch.float64)
-    chunks = list(range(0, X.shape[0], _STATS_CHUNK))
-    for lo in chunks[rank::world]:
-        hi = min(lo + _STATS_CHUNK, X.shape[0])
+    for lo, hi in _row_chunks(X.shape[0], dx + dy, min_rows=256)[rank::world]:
         keep = good[lo:hi]
         zx = sx.normalised(X, lo, hi, torch.float64, "cpu")[keep]
         zy = sy.normalised(Y, lo, hi, torch.float64, "cpu")[keep]
@@ -462,14 +469,14 @@ def _tiled_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, block: int |
     n = X.shape[0]
     dtype = _compute_dtype(X) if Y is None else torch.promote_types(_compute_dtype(X), _compute_dtype(Y))
     sx = _row_stats(X)
-    sy = _row_stats(Y) if Y is not None else None
+    sy = _row_stats(Y, name="Y") if Y is not None else None
     bad = sx.bad | (sy.bad if sy is not None else torch.zeros_like(sx.bad))
     ones = torch.ones(n, dtype=torch.float64)
     s = torch.zeros(n, dtype=torch.float64)
     q = torch.where(bad, torch.zeros_like(ones), ones)  # v = q - s^2/k: 1 for valid rows, 0 for the others
     ref_t = ref.to(dtype).contiguous() if ref is not None else None
     rank, world = _world()
-    tiles = _tiles(n, int(block or DEFAULT_BLOCK))[rank::world]
+    tiles = _tiles(n, int(block or _default_block(n)))[rank::world]
     total = torch.zeros(6, dtype=torch.float64)
     rows = _RowBlocks(X, sx, dtype), _RowBlocks(Y, sy, dtype) if Y is not None else None
     with _progress(len(tiles), progress, "RDM similarity") as bar:
@@ -626,12 +633,12 @@ def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int
     bounds = [0, *counts]
     s_steps = torch.empty(len(counts), n, dtype=torch.float64)  # [step, row]: running row sums
     q_steps = torch.empty(len(counts), n, dtype=torch.float64)  # and sums of squares
-    for lo in range(0, n, _STATS_CHUNK):
-        rows = Xp[lo:lo + _STATS_CHUNK].double() - stats.mean[lo:lo + _STATS_CHUNK, None]
+    for lo, hi in _row_chunks(n, d):
+        rows = Xp[lo:hi].double() - stats.mean[lo:hi, None]
         parts_s = torch.stack([rows[:, a:b].sum(1) for a, b in zip(bounds, bounds[1:])], 1)
         parts_q = torch.stack([(rows[:, a:b] ** 2).sum(1) for a, b in zip(bounds, bounds[1:])], 1)
-        s_steps[:, lo:lo + len(rows)] = parts_s.cumsum(1).T
-        q_steps[:, lo:lo + len(rows)] = parts_q.cumsum(1).T
+        s_steps[:, lo:hi] = parts_s.cumsum(1).T
+        q_steps[:, lo:hi] = parts_q.cumsum(1).T
     ref_t = ref.to(dtype).contiguous() if ref is not None else None
     rank, world = _world()
     tiles = _tiles(n, int(block or CURVE_BLOCK))[rank::world]

@@ -326,3 +326,29 @@ def test_distributed_equals_single_process(tmp_path):
         assert got["tiled"] == pytest.approx(R.rdm_similarity(x, y, path="tiled", block=8).value, abs=1e-12)
         np.testing.assert_allclose(got["curve"], single.values, atol=1e-12)
         assert got["pairs"] == single.n_pairs
+
+
+def test_cli(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    x, y = data("sparse", 30, 8, 3), data("random", 30, 3, 4)
+    np.save(tmp_path / "x.npy", x)
+    torch.save(torch.from_numpy(y), tmp_path / "y.pt")
+    np.save(tmp_path / "poz.npy", np.linspace(0, 1, 8))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pozfast.cli", "rdm", *map(str, a), "--no-progress"],  # noqa: E731
+                                    capture_output=True, text=True, check=False)
+    res = run(tmp_path / "x.npy", "--out", tmp_path / "a")
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "a" / "rdm.npy"), pdist(x, "correlation"), atol=1e-12)
+    res = run(tmp_path / "x.npy", "--compare", tmp_path / "y.pt", "--out", tmp_path / "b")
+    assert res.returncode == 0, res.stderr
+    got = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert got["value"] == pytest.approx(pearsonr(pdist(x, "correlation"), pdist(y, "correlation")).statistic, abs=1e-10)
+    res = run(tmp_path / "x.npy", "--curve", tmp_path / "poz.npy", "--steps", 4, "--out", tmp_path / "c")
+    assert res.returncode == 0, res.stderr
+    curves = json.loads((tmp_path / "c" / "result.json").read_text())
+    assert set(curves) == {"low_to_high", "high_to_low"} and (tmp_path / "c" / "curve.png").exists()
+    bad = run(tmp_path / "missing.npy")
+    assert bad.returncode != 0 and "no file" in bad.stderr
