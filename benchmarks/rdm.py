@@ -36,8 +36,9 @@ def _rss(field: str) -> int:
 
 
 def measure(fn, reps: int) -> tuple[float, float, object]:
-    """(median seconds, peak extra MiB, last result); the result of each call is dropped before the next."""
-    times, peaks, result = [], [], None
+    """(median seconds, peak extra MiB, last result) after one warm-up call (BLAS allocates its buffers
+    once); the result of each call is dropped before the next."""
+    times, peaks, result = [], [], fn()
     for _ in range(reps):
         result = None
         gc.collect()
