@@ -58,9 +58,11 @@ void moments(const PairMomentsArgs& a, double* out) {
   // Sums of r and of the reference value u over valid pairs; x = 1 - r and y = u (or 1 - u for a
   // Gram reference) are applied to the sums at the end, which keeps the pair loop short.
   const T u_shift = a.ref_mode == 1 ? T(0) : T(1);  // dissimilarities sit near 1, Gram entries near 0
-  double n = 0, sr = 0, su = 0, srr = 0, suu = 0, sru = 0;
+  // Per-row sums, added up in row order afterwards: the result does not depend on the thread count
+  // or schedule (two runs give identical bits).
+  std::vector<double> per_row(static_cast<size_t>(a.rows) * 6, 0.0);
 #ifdef POZFAST_OPENMP
-#pragma omp parallel for schedule(dynamic, 8) reduction(+ : n, sr, su, srr, suu, sru) if (a.rows * a.cols > (int64_t(1) << 14))
+#pragma omp parallel for schedule(dynamic, 8) if (a.rows * a.cols > (int64_t(1) << 14))
 #endif
   for (int64_t r = 0; r < a.rows; ++r) {
     if (vr[r] == 0.0) continue;
@@ -90,12 +92,23 @@ void moments(const PairMomentsArgs& a, double* out) {
       rsuu += u * u;
       rsru += rho * u;
     }
-    n += rn;
-    sr += rsr;
-    su += rsu;
-    srr += rsrr;
-    suu += rsuu;
-    sru += rsru;
+    double* row = per_row.data() + 6 * r;
+    row[0] = rn;
+    row[1] = rsr;
+    row[2] = rsu;
+    row[3] = rsrr;
+    row[4] = rsuu;
+    row[5] = rsru;
+  }
+  double n = 0, sr = 0, su = 0, srr = 0, suu = 0, sru = 0;
+  for (int64_t r = 0; r < a.rows; ++r) {
+    const double* row = per_row.data() + 6 * r;
+    n += row[0];
+    sr += row[1];
+    su += row[2];
+    srr += row[3];
+    suu += row[4];
+    sru += row[5];
   }
   // x = 1 - r;  y = 1 - u for a Gram reference, else y = u + u_shift = u + 1.
   const double sx = n - sr, sxx = n - 2 * sr + srr;

@@ -516,11 +516,9 @@ class InsertionCurve:
         return [k / self.n_total for k in self.n_features]
 
     def value_at(self, fraction: float) -> float:
-        """The value at the first step that holds at least ``fraction`` of the features."""
-        for f, v in zip(self.fractions, self.values):
-            if f >= fraction - 1e-12:
-                return v
-        return self.values[-1]
+        """The value at the first step that holds at least round(fraction * D) features."""
+        want = max(1, round(fraction * self.n_total))
+        return next((v for k, v in zip(self.n_features, self.values) if k >= want), self.values[-1])
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "fractions": self.fractions}
