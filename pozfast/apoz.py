@@ -266,7 +266,7 @@ def _all_reduce_sites(sites: dict[tuple[str, int], _Site]) -> dict[tuple[str, in
                                    f"{union[(module, call)]} vs {(cd, channels)} (channel axis, channels)")
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
     parts = []
-    for key, (cd, channels) in union.items():
+    for key, (_, channels) in union.items():
         s = sites.get(key)
         zeros = s.zeros.to(device) if s else torch.zeros(channels, dtype=torch.int64, device=device)
         extra = torch.tensor([s.total if s else 0, s.examples if s else 0], dtype=torch.int64, device=device)

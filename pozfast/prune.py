@@ -12,7 +12,6 @@ parameters included (buffers such as running statistics are not parameters).
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
@@ -188,16 +187,55 @@ def relu_keys(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> d
     return {name: found[name] for name in layers}
 
 
-def select_channels(report: APoZReport, layers: Mapping[str, str], rule: Rule) -> dict[str, list[int]]:
-    """The plan ``{layer: indices}`` that ``rule`` picks from the APoZ of each layer's ReLU (``layers``
-    maps each Conv/Linear to its report key). Layers listed together whose ReLU keys are the same
-    (a shared activation, e.g. a residual sum) pool their APoZ: the channel's APoZ is the mean over them."""
-    pooled: dict[str, list[str]] = {}
+def coupled_groups(model: nn.Module, layers: Sequence[str], example_inputs: Any) -> list[list[str]]:
+    """``layers`` partitioned into groups whose output channels Torch-Pruning removes together (e.g. the
+    convolutions whose outputs meet in residual adds), in the order given."""
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example_inputs, verbose=False)
+    groups: list[list[str]] = []
+    placed: set[str] = set()
+    for layer in layers:
+        if layer in placed:
+            continue
+        group = graph.get_pruning_group(modules[layer], _pruning_fn(modules[layer]), idxs=[0])
+        partners = {names.get(dep.target.module) for dep, _ in group
+                    if dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)}
+        members = [n for n in layers if n == layer or (n in partners and n not in placed)]
+        placed.update(members)
+        groups.append(members)
+    return groups
+
+
+def select_channels(report: APoZReport, layers: Mapping[str, str], rule: Rule,
+                    groups: Sequence[Sequence[str]] | None = None) -> dict[str, list[int]]:
+    """The plan ``{layer: indices}`` that ``rule`` picks from the APoZ of each layer's ReLU.
+
+    ``layers`` maps each Conv/Linear to its report key. Coupled layers (``groups``, from
+    :func:`coupled_groups`; layers that share one report key are always coupled) are pooled: a channel's
+    APoZ is the mean of its APoZ over the group's distinct activations, the rule picks from that, and the
+    plan names the group's first layer (the surgery removes the channel from all of them).
+    """
+    groups = [list(g) for g in groups] if groups is not None else [[n] for n in layers]
+    by_key: dict[str, list[str]] = {}
     for layer, key in layers.items():
-        pooled.setdefault(key, []).append(layer)
+        by_key.setdefault(key, []).append(layer)
+    merged: list[list[str]] = []
+    for group in groups:
+        members = [n for layer in group for n in by_key[layers[layer]]]
+        home = next((g for g in merged if set(g) & set(members)), None)
+        if home is None:
+            merged.append(list(dict.fromkeys(members)))
+        else:
+            home.extend(n for n in members if n not in home)
     plan = {}
-    for key, group in pooled.items():
-        plan[group[0]] = rule.select(report[key].apoz)
+    for group in merged:
+        keys = list(dict.fromkeys(layers[n] for n in group))
+        pooled = torch.stack([report[k].apoz for k in keys]).mean(0)
+        plan[group[0]] = rule.select(pooled)
     return plan
 
 
@@ -320,7 +358,7 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     ``optimizer_factory(params)`` (default SGD, lr 0.01, momentum 0.9), evaluate again.
 
     ``layers``: Conv/Linear names (each mapped to the nn.ReLU that its output feeds) or a mapping
-    ``{layer: APoZ report key}``. Batches are ``(inputs, targets)`` with class-index targets.
+    ``{layer: APoZ report key}``; coupled layers pool their APoZ (:func:`select_channels`). Batches are ``(inputs, targets)`` with class-index targets.
     With ``checkpoint_dir``, each finished round is saved atomically (``state.pt``) and a new call with
     the same arguments resumes after the last finished round, giving the same table (seeded per round).
     The final model is saved there with :func:`save_model`.
@@ -349,7 +387,7 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
         torch.manual_seed(seed + rnd)
         report = apoz(model, val_data, device=device, layers=list(keys.values()), progress=progress,
                       max_batches=apoz_batches)
-        plan = select_channels(report, keys, rule)
+        plan = select_channels(report, keys, rule, coupled_groups(model, names, example))
         remove_channels(model, plan, example)
         top1_b, top5_b = evaluate(model, val_data, device)
         optimizer = factory([p for p in model.parameters() if p.requires_grad])

@@ -113,6 +113,23 @@ def test_bad_plans(plan, error, match):
         prune.remove_channels(vgg_small(), plan, torch.randn(1, 3, 8, 8))
 
 
+def test_coupled_layers_pool_their_apoz():
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), ResidualBlock(6), ResidualBlock(6)).eval()
+    x = torch.randn(4, 3, 7, 7)
+    layers = ["1.conv2", "2.conv2", "1.conv1"]
+    groups = prune.coupled_groups(net, layers, x)
+    assert groups == [["1.conv2", "2.conv2"], ["1.conv1"]]
+    keys = {"1.conv2": "1.relu:1", "2.conv2": "2.relu:1", "1.conv1": "1.relu:0"}
+    report = pozfast.apoz(net, [x], progress=False)
+    plan = prune.select_channels(report, keys, prune.Rule("ratio", 0.34, min_keep=1), groups)
+    pooled = (report["1.relu:1"].apoz + report["2.relu:1"].apoz) / 2
+    assert set(plan) == {"1.conv2", "1.conv1"}
+    assert plan["1.conv2"] == sorted(torch.argsort(pooled, descending=True)[:2].tolist())
+    prune.remove_channels(net, plan, x)
+    assert net[2].conv2.out_channels == 4 and net(x).shape == (4, 4, 7, 7)
+
+
 def test_rules():
     a = torch.tensor([0.1, 0.95, 0.5, 0.99, 0.2, 0.97, 0.3, 0.4, 0.6, 0.7])
     assert prune.Rule("threshold", 0.9, min_keep=1).select(a) == [1, 3, 5]
