@@ -26,6 +26,7 @@ BENCHMARKS = {
     "relu_count": "fused ReLU + zero count vs torch.relu, the usual APoZ code and copy bandwidth",
     "apoz": "APoZ of a VGG-style CNN vs a plain forward and forward hooks",
     "rdm": "RDMs, insertion curves and streaming similarity vs torch, rsatoolbox and scipy",
+    "gpu": "GPU kernels (CUDA, Triton) against the device's copy bandwidth and matmul rate; needs a GPU",
 }
 
 
@@ -41,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(BENCHMARKS)}")
     sections = []
-    for name in args.names or list(BENCHMARKS):
+    import torch
+
+    default = [n for n in BENCHMARKS if n != "gpu" or torch.cuda.is_available()]
+    for name in args.names or default:
         print(f"\n=== {name}: {BENCHMARKS[name]} ===", flush=True)
         captured = io.StringIO()
         with contextlib.redirect_stdout(Tee(sys.stdout, captured)):

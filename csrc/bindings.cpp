@@ -22,6 +22,13 @@ T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
 }
 
+#ifdef POZFAST_WITH_CUDA
+void check_cuda(int err, const char* what) {
+  if (err != 0)
+    throw std::runtime_error(std::string("pozfast ") + what + " CUDA launch failed: " + pozfast::cuda_error_string(err));
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -87,12 +94,32 @@ PYBIND11_MODULE(_C, m) {
           err = pozfast::relu_count_cuda(ptr<const void>(x), ptr<void>(y), ptr<int64_t>(counts), outer, channels,
                                          inner, dt, ptr<void>(stream));
         }
-        if (err != 0) throw std::runtime_error(std::string("pozfast relu_count CUDA launch failed: ") +
-                                               pozfast::cuda_error_string(err));
+        check_cuda(err, "relu_count");
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
       py::arg("dtype"), py::arg("stream"));
   m.def("cuda_device_count", &pozfast::cuda_device_count);
+  m.def(
+      "pack_condensed_cuda",
+      [](uintptr_t tile, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t bad,
+         uintptr_t out, bool is_double, uintptr_t stream) {
+        check_cuda(pozfast::pack_condensed_cuda(ptr<const void>(tile), ldg, rows, cols, i0, j0, n,
+                                                ptr<const uint8_t>(bad), ptr<void>(out), is_double, ptr<void>(stream)),
+                   "pack_condensed");
+      });
+  m.def(
+      "pair_moments_cuda",
+      [](uintptr_t gram, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t s_rows,
+         uintptr_t q_rows, uintptr_t s_cols, uintptr_t q_cols, double k, double eps, uintptr_t ref, int64_t ldr,
+         int ref_mode, bool is_double, uintptr_t scratch, uintptr_t moments, uintptr_t stream) {
+        if (ref_mode < 0 || ref_mode > 2) throw std::invalid_argument("pozfast._C: ref_mode must be 0, 1 or 2");
+        const pozfast::PairMomentsArgs args{ptr<const void>(gram), ldg, rows, cols, i0, j0, n,
+                                            ptr<const double>(s_rows), ptr<const double>(q_rows),
+                                            ptr<const double>(s_cols), ptr<const double>(q_cols), k, eps,
+                                            ptr<const void>(ref), ldr, ref_mode, is_double};
+        check_cuda(pozfast::pair_moments_cuda(args, ptr<double>(scratch), ptr<double>(moments), ptr<void>(stream)),
+                   "pair_moments");
+      });
 #else
   m.attr("with_cuda") = false;
 #endif

@@ -35,4 +35,13 @@ struct PairMomentsArgs {
 };
 void pair_moments_cpu(const PairMomentsArgs& args, double* moments);
 
+#ifdef POZFAST_WITH_CUDA
+// The same on device buffers, launched on `stream`; return a cudaError_t value (0 on success).
+// pair_moments_cuda adds into the 6 doubles at `moments` (device memory) and needs 2 * (rows + cols)
+// doubles of device scratch.
+int pack_condensed_cuda(const void* tile, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n,
+                        const uint8_t* bad, void* out, bool is_double, void* stream);
+int pair_moments_cuda(const PairMomentsArgs& args, double* scratch, double* moments, void* stream);
+#endif
+
 }  // namespace pozfast

@@ -1,8 +1,11 @@
 """Which kernel implementations can run here, and which one an op uses.
 
 Backends: ``cpu-native`` (C++/OpenMP in ``pozfast._C``), ``cuda-native`` (CUDA in ``pozfast._C``),
-``triton`` and ``torch`` (plain PyTorch, always available, the reference). By default an op uses the
-native backend of the tensor's device when it is available and plain torch otherwise. The environment
+``triton`` and ``torch`` (plain PyTorch, always available, the reference). The default rule: on CPU
+tensors ``cpu-native``, on CUDA tensors ``cuda-native``, then ``triton``, whichever is available first
+(the CUDA kernels are the measured default; Triton is the portable fallback), else plain torch. Triton
+runs on CPU tensors only when forced under ``TRITON_INTERPRET=1`` (set before the kernels are imported),
+which is how its tests run without a GPU. The environment
 variable ``POZFAST_BACKEND`` or the context manager :func:`use_backend` forces one; forcing a backend
 that cannot run the call raises an error that says why, instead of silently falling back.
 """
@@ -65,7 +68,11 @@ def _cuda_native() -> BackendStatus:
 def _triton() -> BackendStatus:
     if importlib.util.find_spec("triton") is None:
         return BackendStatus("triton", False, "triton is not installed (pip install 'pozfast[triton]')")
-    return BackendStatus("triton", False, "no Triton kernel is registered for any op in this version")
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return BackendStatus("triton", True, "TRITON_INTERPRET=1: kernels run interpreted, on CPU tensors too")
+    if not torch.cuda.is_available():
+        return BackendStatus("triton", False, "no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU tensors)")
+    return BackendStatus("triton", True, f"CUDA device {torch.cuda.get_device_name()}")
 
 
 def _torch() -> BackendStatus:
@@ -113,8 +120,8 @@ def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
     """
     forced = forced_backend()
     if forced is None:
-        candidate = _NATIVE.get(device.type)
-        return candidate if candidate in supported and _statuses()[candidate].available else "torch"
+        order = {"cpu": ("cpu-native",), "cuda": ("cuda-native", "triton")}.get(device.type, ())
+        return next((b for b in order if b in supported and _statuses()[b].available), "torch")
     if forced == "torch":
         return forced
     if forced not in supported:

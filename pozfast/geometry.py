@@ -28,7 +28,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pozfast.backends import select
 from pozfast.ops.rdm_tiles import REF_CONDENSED, REF_GRAM, pack_condensed, pair_moments
+
+_TILE_BACKENDS = ("cpu-native", "cuda-native", "triton", "torch")
 
 CURVE_BLOCK = 1024
 _CHUNK_ELEMENTS = 1 << 19  # row chunks of the O(N D) passes: bounded float64 temporaries
@@ -238,8 +241,22 @@ def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = Non
         result = torch.empty((n, n), dtype=dtype, device=device)
     else:
         result = torch.empty(condensed_length(n), dtype=dtype, device=device)
+        if select("rdm", device, _TILE_BACKENDS) == "triton":  # one fused kernel: GEMM tiles + packing
+            from pozfast.triton_kernels.rdm_tiles import condensed_rdm
+
+            x, mean, inv, bad = _triton_operands(X, stats, dtype, device)
+            condensed_rdm(x, mean, inv, bad, result)
+            return result
     _fill_rdm(X, result, stats, dtype, block, device, progress, square=out == "square")
     return result
+
+
+def _triton_operands(X: Tensor, stats: _RowStats, dtype, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """X (row-major, unit column stride) with its row means, inverse norms and zero-variance flags on device."""
+    x = X.to(device=device, dtype=dtype)
+    x = x if x.stride(1) == 1 else x.contiguous()
+    return (x, stats.mean.to(device=device, dtype=dtype), stats.inv_norm.to(device=device, dtype=dtype),
+            stats.bad.to(device=device, dtype=torch.uint8))
 
 
 def _fill_rdm(X: Tensor, result: Tensor, stats: _RowStats, dtype, block: int, device, progress: bool,
@@ -471,11 +488,23 @@ def _tiled_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, block: int |
     sx = _row_stats(X)
     sy = _row_stats(Y, name="Y") if Y is not None else None
     bad = sx.bad | (sy.bad if sy is not None else torch.zeros_like(sx.bad))
+    rank, world = _world()
+    if select("rdm similarity", X.device, _TILE_BACKENDS) == "triton":  # GEMM tiles and sums in one kernel
+        from pozfast.triton_kernels import rdm_tiles
+
+        x, mean, inv, bad_dev = _triton_operands(X, sx, dtype, X.device)
+        bad_dev = bad.to(device=X.device, dtype=torch.uint8)
+        if Y is not None:
+            y, y_mean, y_inv, _ = _triton_operands(Y, sy, dtype, X.device)
+            m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, y=y, y_mean=y_mean, y_inv=y_inv, rank=rank, world=world)
+        else:
+            m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, ref=ref.to(device=X.device, dtype=dtype),
+                                       rank=rank, world=world)
+        return _all_reduce(m.cpu())
     ones = torch.ones(n, dtype=torch.float64)
     s = torch.zeros(n, dtype=torch.float64)
     q = torch.where(bad, torch.zeros_like(ones), ones)  # v = q - s^2/k: 1 for valid rows, 0 for the others
     ref_t = ref.to(dtype).contiguous() if ref is not None else None
-    rank, world = _world()
     tiles = _tiles(n, int(block or _default_block(n)))[rank::world]
     total = torch.zeros(6, dtype=torch.float64)
     rows = _RowBlocks(X, sx, dtype), _RowBlocks(Y, sy, dtype) if Y is not None else None

@@ -1,17 +1,24 @@
+import os
+
 import pytest
 import torch
 
-import pozfast
+# Without a GPU, Triton kernels run interpreted on CPU tensors; the variable must be set before pozfast
+# looks at its backends or imports a kernel module.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pozfast  # noqa: E402
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
-def available_backends(device: str) -> list:
+def available_backends(device: str, triton: bool = True) -> list:
     """pytest params for the backends that can run on ``device``, unavailable ones skipped with the reason."""
     status = pozfast.backends()
     native = {"cpu": "cpu-native", "cuda": "cuda-native"}[device]
     params = []
-    for name in (native, "torch"):
+    for name in (native, "triton", "torch") if triton else (native, "torch"):
         reason = None if status[name].available else f"{name} unavailable: {status[name].reason}"
         if device == "cuda" and not torch.cuda.is_available():
             reason = "no CUDA device on this machine"

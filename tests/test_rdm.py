@@ -108,7 +108,7 @@ def test_int64_condensed_index_beyond_46341_items(tmp_path):
             assert out[k] == pytest.approx(1 - tile[r, c].item())
 
 
-@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("backend", available_backends("cpu", triton=False))  # Triton fuses these into its tiles
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 def test_tile_kernels_match_torch(backend, dtype):
     rng = np.random.default_rng(1)
@@ -352,3 +352,50 @@ def test_cli(tmp_path):
     assert set(curves) == {"low_to_high", "high_to_low"} and (tmp_path / "c" / "curve.png").exists()
     bad = run(tmp_path / "missing.npy")
     assert bad.returncode != 0 and "no file" in bad.stderr
+
+
+triton_forced = pytest.mark.skipif(not pozfast.backends()["triton"].available,
+                                   reason=f"triton unavailable: {pozfast.backends()['triton'].reason}")
+
+
+@triton_forced
+@pytest.mark.parametrize("n,d", [(2, 3), (37, 19), (70, 33)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_tiles_match_references(n, d, dtype):
+    x = torch.from_numpy(data("sparse", n, d, n)).to(dtype)
+    if n > 2:
+        x[1] = 3.0  # a zero-variance row: NaN pairs, skipped in comparisons
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ZeroVarianceWarning)
+        want = R.rdm(x)
+        with pozfast.use_backend("triton"):
+            got = R.rdm(x)
+        tol = 1e-12 if dtype == torch.float64 else 2e-5
+        assert torch.equal(torch.isnan(got), torch.isnan(want))
+        torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0, atol=tol)
+        y = torch.from_numpy(data("random", n, 5, n + 1)).to(dtype)
+        human = torch.from_numpy(pdist(data("random", n, 4, n + 2), "correlation"))
+        human[::5] = float("nan")
+        for other in (y, human):
+            want_c = R.rdm_similarity(x, other, path="tiled", block=8)
+            with pozfast.use_backend("triton"):
+                got_c = R.rdm_similarity(x, other, path="tiled")
+            assert got_c.n_pairs == want_c.n_pairs
+            if n > 2:
+                assert got_c.value == pytest.approx(want_c.value, abs=1e-10 if dtype == torch.float64 else 1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("backend", ["cuda-native", "triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_gpu_rdm_and_similarity_match_cpu(backend, dtype):
+    if not pozfast.backends()[backend].available:
+        pytest.skip(f"{backend} unavailable: {pozfast.backends()[backend].reason}")
+    x = torch.from_numpy(data("sparse", 300, 70, 1)).to(dtype)
+    y = torch.from_numpy(data("random", 300, 20, 2)).to(dtype)
+    want = R.rdm(x)
+    with pozfast.use_backend(backend):
+        got = R.rdm(x.cuda(), block=64)
+        sim = R.rdm_similarity(x.cuda(), y.cuda(), path="tiled")
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-12 if dtype == torch.float64 else 3e-5)
+    assert sim.value == pytest.approx(R.rdm_similarity(x, y, path="features").value, abs=1e-6)

@@ -1,7 +1,8 @@
 """RDM tile epilogues: condensed packing and fused Pearson pair sums over a Gram tile.
 
-Native kernels in csrc/rdm_tiles_cpu.cpp (CPU tensors); plain torch for other devices, as the reference,
-and when ``torch`` is forced. Internal ops of :mod:`pozfast.geometry`, called from Python drivers (not
+Native kernels in csrc/rdm_tiles_cpu.cpp (CPU tensors) and csrc/rdm_tiles_cuda.cu (CUDA tensors, on the
+current stream); plain torch elsewhere, as the reference, and when ``torch`` is forced. (The Triton path
+fuses these epilogues into its own tile kernels: triton_kernels/rdm_tiles.py.) Internal ops of :mod:`pozfast.geometry`, called from Python drivers (not
 registered with torch.library: they write into caller-owned buffers, e.g. a memory-mapped .npy file).
 """
 
@@ -13,7 +14,7 @@ from torch import Tensor
 from pozfast._native import native
 from pozfast.backends import select
 
-_SUPPORTED = ("cpu-native", "torch")
+_SUPPORTED = ("cpu-native", "cuda-native", "torch")
 REF_DISSIMILARITY, REF_GRAM, REF_CONDENSED = 0, 1, 2
 
 
@@ -29,9 +30,15 @@ def _upper_pairs(rows: int, cols: int, i0: int, j0: int, device) -> tuple[Tensor
     return i, j, j > i
 
 
-def _native_ok(*tensors: Tensor) -> bool:
-    return (select("rdm tiles", tensors[0].device, _SUPPORTED) == "cpu-native"
-            and all(t.stride(-1) == 1 for t in tensors if t.dim()))
+def _native(*tensors: Tensor) -> str | None:
+    """The native backend for these tensors ("cpu-native" or "cuda-native"), or None for plain torch."""
+    backend = select("rdm tiles", tensors[0].device, _SUPPORTED)
+    ok = backend != "torch" and all(t.stride(-1) == 1 for t in tensors if t.dim())
+    return backend if ok and len({t.dtype for t in tensors}) == 1 else None
+
+
+def _stream(t: Tensor) -> int:
+    return torch.cuda.current_stream(t.device).cuda_stream
 
 
 def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Tensor) -> None:
@@ -40,9 +47,15 @@ def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Ten
     tile: (rows, cols) float32/float64 with unit column stride; bad: uint8 [n]; out: condensed [n(n-1)/2].
     """
     rows, cols = tile.shape
-    if _native_ok(tile, out) and tile.dtype == out.dtype:
-        native().pack_condensed_cpu(tile.data_ptr(), tile.stride(0), rows, cols, i0, j0, n, bad.data_ptr(),
-                                    out.data_ptr(), tile.dtype == torch.float64)
+    backend = _native(tile, out)
+    if backend is not None:
+        args = (tile.data_ptr(), tile.stride(0), rows, cols, i0, j0, n, bad.data_ptr(), out.data_ptr(),
+                tile.dtype == torch.float64)
+        if backend == "cuda-native":
+            with torch.cuda.device(tile.device):
+                native().pack_condensed_cuda(*args, _stream(tile))
+        else:
+            native().pack_condensed_cpu(*args)
         return
     i, j, upper = _upper_pairs(rows, cols, i0, j0, tile.device)
     values = torch.where(bad[i].bool() | bad[j].bool(), float("nan"), 1 - tile)
@@ -58,12 +71,18 @@ def pair_moments(gram: Tensor, i0: int, j0: int, n: int, s_rows: Tensor, q_rows:
     condensed vector of the whole RDM (REF_CONDENSED). Pairs with NaN y are skipped.
     """
     rows, cols = gram.shape
-    if _native_ok(gram, ref) and ref.dtype == gram.dtype:
-        sums = native().pair_moments_cpu(
-            gram.data_ptr(), gram.stride(0), rows, cols, i0, j0, n, s_rows.data_ptr(), q_rows.data_ptr(),
-            s_cols.data_ptr(), q_cols.data_ptr(), float(k), float(eps), ref.data_ptr(),
-            ref.stride(0) if ref_mode != REF_CONDENSED else 0, ref_mode, gram.dtype == torch.float64)
-        return torch.tensor(sums, dtype=torch.float64)
+    backend = _native(gram, ref)
+    if backend is not None:
+        args = (gram.data_ptr(), gram.stride(0), rows, cols, i0, j0, n, s_rows.data_ptr(), q_rows.data_ptr(),
+                s_cols.data_ptr(), q_cols.data_ptr(), float(k), float(eps), ref.data_ptr(),
+                ref.stride(0) if ref_mode != REF_CONDENSED else 0, ref_mode, gram.dtype == torch.float64)
+        if backend == "cuda-native":
+            scratch = torch.empty(2 * (rows + cols), dtype=torch.float64, device=gram.device)
+            sums = torch.zeros(6, dtype=torch.float64, device=gram.device)
+            with torch.cuda.device(gram.device):
+                native().pair_moments_cuda(*args, scratch.data_ptr(), sums.data_ptr(), _stream(gram))
+            return sums.cpu()
+        return torch.tensor(native().pair_moments_cpu(*args), dtype=torch.float64)
     i, j, upper = _upper_pairs(rows, cols, i0, j0, gram.device)
 
     def prep(s, q):

@@ -17,7 +17,7 @@ from pozfast._native import native
 from pozfast.backends import select
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-_SUPPORTED = ("cpu-native", "cuda-native", "torch")
+_SUPPORTED = ("cpu-native", "cuda-native", "triton", "torch")
 _NATIVE_DEVICES = ("cpu", "cuda")
 
 
@@ -74,6 +74,12 @@ def _into(x: Tensor, y: Tensor, axis: int, native_ok: bool) -> Tensor:
         torch.clamp_min(x, 0, out=y)  # what torch.relu computes, bit for bit
         return count_zeros_reference(y, axis)
     assert split is not None and x.stride() == y.stride(), "native relu_count needs dense, equal layouts"
+    if backend == "triton":
+        from pozfast.triton_kernels.relu_count import relu_count as triton_relu_count
+
+        zeros = torch.zeros(x.shape[axis], dtype=torch.int64, device=x.device)
+        triton_relu_count(x, y, zeros, *split)
+        return zeros
     zeros = torch.empty(x.shape[axis], dtype=torch.int64, device=x.device)
     args = (x.data_ptr(), y.data_ptr(), zeros.data_ptr(), *split, _DTYPE_CODES[x.dtype])
     if backend == "cuda-native":

@@ -1,0 +1,134 @@
+"""Triton RDM tiles: for a tile pair (i, j) of rows, the Gram block of the centred, unit-norm rows
+(normalisation fused into the loads, so no normalised copy of X exists), with the epilogue fused:
+write the condensed dissimilarities 1 - r directly, or reduce the tile to the six float64 pair sums
+of a Pearson comparison without writing it at all.
+
+Tiles are listed on the host (upper triangle only, j-block >= i-block), one program per tile.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@triton.jit
+def _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    ok_i, ok_j = rows_i < n, rows_j < n
+    mi = tl.load(mean_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
+    mj = tl.load(mean_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    for k0 in range(0, d, BLOCK_K):
+        ks = k0 + tl.arange(0, BLOCK_K)
+        ok_k = ks < d
+        ma = ok_i[:, None] & ok_k[None, :]
+        mb = ok_j[:, None] & ok_k[None, :]
+        a = tl.load(x_ptr + rows_i.to(tl.int64)[:, None] * stride + ks[None, :], mask=ma, other=0.0).to(ACC)
+        b = tl.load(x_ptr + rows_j.to(tl.int64)[:, None] * stride + ks[None, :], mask=mb, other=0.0).to(ACC)
+        a = tl.where(ma, a - mi[:, None], 0.0)
+        b = tl.where(mb, b - mj[:, None], 0.0)
+        acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+    inv_i = tl.load(inv_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
+    inv_j = tl.load(inv_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
+    return acc * inv_i[:, None] * inv_j[None, :]
+
+
+@triton.jit
+def _tile_rows(tiles_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    t = tl.program_id(0)
+    bm = tl.load(tiles_ptr + 2 * t)
+    bn = tl.load(tiles_ptr + 2 * t + 1)
+    return bm * BLOCK_M + tl.arange(0, BLOCK_M), bn * BLOCK_N + tl.arange(0, BLOCK_N)
+
+
+@triton.jit
+def _condensed_index(i, j, n):
+    i64 = i.to(tl.int64)[:, None]
+    return i64 * n - i64 * (i64 + 1) // 2 + (j.to(tl.int64)[None, :] - i64 - 1)
+
+
+@triton.jit
+def _condensed_kernel(x_ptr, stride, mean_ptr, inv_ptr, bad_ptr, out_ptr, tiles_ptr, n, d,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    rows_i, rows_j = _tile_rows(tiles_ptr, BLOCK_M, BLOCK_N)
+    r = _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d, BLOCK_M, BLOCK_N, BLOCK_K, ACC)
+    upper = (rows_j[None, :] > rows_i[:, None]) & (rows_j < n)[None, :]
+    bad = (tl.load(bad_ptr + rows_i, mask=rows_i < n, other=0) != 0)[:, None] | \
+          (tl.load(bad_ptr + rows_j, mask=rows_j < n, other=0) != 0)[None, :]
+    value = tl.where(bad, float("nan"), 1.0 - r)
+    tl.store(out_ptr + _condensed_index(rows_i, rows_j, n), value.to(out_ptr.dtype.element_ty), mask=upper)
+
+
+@triton.jit
+def _moments_kernel(x_ptr, x_stride, x_mean, x_inv, y_ptr, y_stride, y_mean, y_inv, ref_ptr, bad_ptr, out_ptr,
+                    tiles_ptr, n, dx, dy, REF_IS_FEATURES: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    rows_i, rows_j = _tile_rows(tiles_ptr, BLOCK_M, BLOCK_N)
+    x = 1.0 - _normalised_gram(x_ptr, x_stride, x_mean, x_inv, rows_i, rows_j, n, dx, BLOCK_M, BLOCK_N, BLOCK_K, ACC)
+    upper = (rows_j[None, :] > rows_i[:, None]) & (rows_j < n)[None, :]
+    if REF_IS_FEATURES:
+        y = 1.0 - _normalised_gram(y_ptr, y_stride, y_mean, y_inv, rows_i, rows_j, n, dy,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, ACC)
+    else:
+        y = tl.load(ref_ptr + _condensed_index(rows_i, rows_j, n), mask=upper, other=0.0).to(ACC)
+    bad = (tl.load(bad_ptr + rows_i, mask=rows_i < n, other=1) != 0)[:, None] | \
+          (tl.load(bad_ptr + rows_j, mask=rows_j < n, other=1) != 0)[None, :]
+    ok = upper & ~bad & (y == y)  # y == y: not NaN
+    x = tl.where(ok, x, 0.0).to(tl.float64)
+    y = tl.where(ok, y, 0.0).to(tl.float64)
+    tl.atomic_add(out_ptr + 0, tl.sum(tl.sum(ok.to(tl.float64), axis=1), axis=0))
+    tl.atomic_add(out_ptr + 1, tl.sum(tl.sum(x, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 2, tl.sum(tl.sum(y, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 3, tl.sum(tl.sum(x * x, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 4, tl.sum(tl.sum(y * y, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 5, tl.sum(tl.sum(x * y, axis=1), axis=0))
+
+
+def _meta(x: torch.Tensor) -> dict:
+    """Tile sizes: Hopper-friendly 128 x 128 x 32 tiles with 8 warps and 3 stages; small tiles interpreted."""
+    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+    if INTERPRET:
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "ACC": acc}
+    if x.dtype == torch.float64:
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "ACC": acc, "num_warps": 4, "num_stages": 2}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "ACC": acc, "num_warps": 8, "num_stages": 3}
+
+
+def upper_tiles(n: int, block_m: int, block_n: int, device, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """int32 (T, 2) block coordinates (bm, bn) of the tiles that hold pairs j > i; every world-th from rank."""
+    tiles = [(bm, bn) for bm in range(triton.cdiv(n, block_m)) for bn in range(triton.cdiv(n, block_n))
+             if (bn + 1) * block_n - 1 > bm * block_m]
+    return torch.tensor(tiles[rank::world], dtype=torch.int32, device=device).reshape(-1, 2)
+
+
+def condensed_rdm(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, bad: torch.Tensor, out: torch.Tensor) -> None:
+    """The condensed RDM of the rows of x (row-major, unit column stride) into ``out``."""
+    n, d = x.shape
+    meta = _meta(x)
+    tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device)
+    if len(tiles):
+        _condensed_kernel[(len(tiles),)](x, x.stride(0), mean, inv, bad, out, tiles, n, d, **meta)
+
+
+def pair_moments(x: torch.Tensor, x_mean, x_inv, bad: torch.Tensor, *, y: torch.Tensor | None = None, y_mean=None,
+                 y_inv=None, ref: torch.Tensor | None = None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """float64 [6] pair sums (n, sum x, sum y, sum x^2, sum y^2, sum xy) of x = 1 - r^X against y = 1 - r^Y
+    (features ``y``) or a condensed RDM ``ref``, over this rank's share of the tiles."""
+    n, dx = x.shape
+    meta = _meta(x)
+    out = torch.zeros(6, dtype=torch.float64, device=x.device)
+    tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device, rank, world)
+    if len(tiles):
+        features = y is not None
+        y_ = y if features else x
+        _moments_kernel[(len(tiles),)](
+            x, x.stride(0), x_mean, x_inv, y_, y_.stride(0), y_mean if features else x_mean,
+            y_inv if features else x_inv, ref if ref is not None else x, bad, out, tiles, n, dx,
+            y_.shape[1], REF_IS_FEATURES=features, **meta)
+    return out
