@@ -666,8 +666,17 @@ def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int
         parts_q = torch.stack([(rows[:, a:b] ** 2).sum(1) for a, b in zip(bounds, bounds[1:])], 1)
         s_steps[:, lo:hi] = parts_s.cumsum(1).T
         q_steps[:, lo:hi] = parts_q.cumsum(1).T
-    ref_t = ref.to(dtype).contiguous() if ref is not None else None
     rank, world = _world()
+    if select("insertion curve", Xp.device, _TILE_BACKENDS) == "triton":  # every step of a tile in one program
+        from pozfast.triton_kernels.rdm_tiles import curve_moments
+
+        x, mean, inv, bad = _triton_operands(Xp, stats, dtype, Xp.device)
+        bounds_t = torch.tensor(counts, dtype=torch.int32, device=Xp.device)
+        moments = curve_moments(x, mean, bounds_t, s_steps.to(Xp.device), q_steps.to(Xp.device), bad, _VAR_EPS,
+                                ref=ref.to(device=Xp.device, dtype=torch.float64) if ref is not None else None,
+                                full_mean=mean, full_inv=inv, rank=rank, world=world)
+        return _all_reduce(moments.cpu())
+    ref_t = ref.to(dtype).contiguous() if ref is not None else None
     tiles = _tiles(n, int(block or CURVE_BLOCK))[rank::world]
     moments = torch.zeros(len(counts), 6, dtype=torch.float64)
     shifted = _RowBlocks(Xp, stats, dtype, shift_only=True)

@@ -399,3 +399,25 @@ def test_gpu_rdm_and_similarity_match_cpu(backend, dtype):
         sim = R.rdm_similarity(x.cuda(), y.cuda(), path="tiled")
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-12 if dtype == torch.float64 else 3e-5)
     assert sim.value == pytest.approx(R.rdm_similarity(x, y, path="features").value, abs=1e-6)
+
+
+@triton_forced
+@pytest.mark.parametrize("with_ref", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_triton_curve_matches_cpu(with_ref, dtype):
+    x = torch.from_numpy(data("sparse", 40, 21, 11) - 100).to(dtype)
+    x[:, 0] = 0
+    poz = (x == 0).double().mean(0) + torch.linspace(0, 1e-3, 21, dtype=torch.float64)
+    reference = None
+    if with_ref:
+        reference = torch.from_numpy(pdist(data("random", 40, 5, 12), "correlation"))
+        reference[::7] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ZeroVarianceWarning)
+        for order in ("low_to_high", "high_to_low"):
+            want = R.insertion_curve(x, poz, order=order, steps=6, reference=reference, method="pearson")
+            with pozfast.use_backend("triton"):
+                got = R.insertion_curve(x, poz, order=order, steps=6, reference=reference, method="pearson")
+            assert got.n_pairs == want.n_pairs
+            np.testing.assert_allclose(got.values, want.values, rtol=0,
+                                       atol=1e-9 if dtype == torch.float64 else 2e-5)

@@ -262,3 +262,25 @@ def test_cuda_matches_reference(backend, dtype, case, mode):
             y, zeros = pozfast.relu_count(x.clone(), cd, inplace=True)
     assert_bitwise_equal(y, y_ref)
     assert zeros.device == x.device and torch.equal(zeros, zeros_ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("backend", available_backends("cuda"))
+def test_cuda_graph_capture_and_compile(backend):
+    x = special_values((8, 16, 9, 9), torch.float32, 3, device="cuda")
+    out = torch.empty_like(x)
+    y_ref, zeros_ref = relu_count_reference(x, 1)
+    with pozfast.use_backend(backend):
+        pozfast.relu_count(x, 1, out=out)  # warm-up (Triton compiles/tunes outside the capture)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            _, zeros = pozfast.relu_count(x, 1, out=out)
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_bitwise_equal(out, y_ref)
+        assert torch.equal(zeros, zeros_ref)
+        compiled = torch.compile(lambda t: pozfast.relu_count(t, 1), fullgraph=True)
+        y, z = compiled(x)
+    assert_bitwise_equal(y, y_ref)
+    assert torch.equal(z, zeros_ref)

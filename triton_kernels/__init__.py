@@ -1,5 +1,5 @@
 """Triton kernel sources of pozfast, installed as ``pozfast.triton_kernels``.
 
-Import the modules here only after deciding on ``TRITON_INTERPRET`` (it is read at import time).
-No Triton kernel ships in this version; ``pozfast.backends()["triton"]`` says so.
+``relu_count`` (fused ReLU + per-channel zero counts) and ``rdm_tiles`` (Pearson RDM tiles with fused
+epilogues). Set ``TRITON_INTERPRET=1`` before importing them to run them on CPU tensors.
 """

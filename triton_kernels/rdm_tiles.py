@@ -132,3 +132,86 @@ def pair_moments(x: torch.Tensor, x_mean, x_inv, bad: torch.Tensor, *, y: torch.
             y_inv if features else x_inv, ref if ref is not None else x, bad, out, tiles, n, dx,
             y_.shape[1], REF_IS_FEATURES=features, **meta)
     return out
+
+
+@triton.jit
+def _curve_kernel(x_ptr, stride, mean_ptr, bounds_ptr, s_ptr, q_ptr, ref_ptr, ref_mean, ref_inv, bad_ptr, out_ptr,
+                  tiles_ptr, n, d, steps, eps, REF_IS_CONDENSED: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """One tile for every step of an insertion curve: the running Gram block of the mean-shifted rows
+    grows by the step's features (a rank-b update), then r = (G - s_i s_j / k) / sqrt(v_i v_j) is compared
+    with the reference and the six pair sums of that step are added to out[step, :]."""
+    rows_i, rows_j = _tile_rows(tiles_ptr, BLOCK_M, BLOCK_N)
+    ok_i, ok_j = rows_i < n, rows_j < n
+    upper = (rows_j[None, :] > rows_i[:, None]) & ok_j[None, :]
+    if REF_IS_CONDENSED:
+        y = tl.load(ref_ptr + _condensed_index(rows_i, rows_j, n), mask=upper, other=0.0).to(tl.float64)
+    else:  # the full-feature RDM of the same rows
+        y = 1.0 - _normalised_gram(x_ptr, stride, ref_mean, ref_inv, rows_i, rows_j, n, d,
+                                   BLOCK_M, BLOCK_N, BLOCK_K, ACC).to(tl.float64)
+    bad = (tl.load(bad_ptr + rows_i, mask=ok_i, other=1) != 0)[:, None] | \
+          (tl.load(bad_ptr + rows_j, mask=ok_j, other=1) != 0)[None, :]
+    base = upper & (y == y) & ~bad
+    mi = tl.load(mean_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
+    mj = tl.load(mean_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
+    g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    lo = 0
+    for step in range(0, steps):
+        hi = tl.load(bounds_ptr + step)
+        for k0 in range(lo, hi, BLOCK_K):
+            ks = k0 + tl.arange(0, BLOCK_K)
+            ok_k = ks < hi
+            ma = ok_i[:, None] & ok_k[None, :]
+            mb = ok_j[:, None] & ok_k[None, :]
+            a = tl.load(x_ptr + rows_i.to(tl.int64)[:, None] * stride + ks[None, :], mask=ma, other=0.0).to(ACC)
+            b = tl.load(x_ptr + rows_j.to(tl.int64)[:, None] * stride + ks[None, :], mask=mb, other=0.0).to(ACC)
+            a = tl.where(ma, a - mi[:, None], 0.0)
+            b = tl.where(mb, b - mj[:, None], 0.0)
+            g += tl.dot(a, tl.trans(b), input_precision="ieee")
+        lo = hi
+        k = hi.to(tl.float64)
+        si = tl.load(s_ptr + step * n + rows_i, mask=ok_i, other=0.0)
+        qi = tl.load(q_ptr + step * n + rows_i, mask=ok_i, other=0.0)
+        sj = tl.load(s_ptr + step * n + rows_j, mask=ok_j, other=0.0)
+        qj = tl.load(q_ptr + step * n + rows_j, mask=ok_j, other=0.0)
+        vi = qi - si * si / k
+        vj = qj - sj * sj / k
+        good_i = (vi > eps * qi) & (vi > 0)
+        good_j = (vj > eps * qj) & (vj > 0)
+        inv_i = tl.where(good_i, 1.0 / tl.sqrt(tl.where(good_i, vi, 1.0)), 0.0)
+        inv_j = tl.where(good_j, 1.0 / tl.sqrt(tl.where(good_j, vj, 1.0)), 0.0)
+        ok = base & good_i[:, None] & good_j[None, :]
+        r = (g.to(tl.float64) - si[:, None] * sj[None, :] / k) * inv_i[:, None] * inv_j[None, :]
+        x = tl.where(ok, 1.0 - r, 0.0)
+        yy = tl.where(ok, y, 0.0)
+        o = out_ptr + step * 6
+        tl.atomic_add(o + 0, tl.sum(tl.sum(ok.to(tl.float64), axis=1), axis=0))
+        tl.atomic_add(o + 1, tl.sum(tl.sum(x, axis=1), axis=0))
+        tl.atomic_add(o + 2, tl.sum(tl.sum(yy, axis=1), axis=0))
+        tl.atomic_add(o + 3, tl.sum(tl.sum(x * x, axis=1), axis=0))
+        tl.atomic_add(o + 4, tl.sum(tl.sum(yy * yy, axis=1), axis=0))
+        tl.atomic_add(o + 5, tl.sum(tl.sum(x * yy, axis=1), axis=0))
+
+
+def curve_moments(x: torch.Tensor, shift_mean: torch.Tensor, bounds: torch.Tensor, s_steps: torch.Tensor,
+                  q_steps: torch.Tensor, bad: torch.Tensor, eps: float, *, ref: torch.Tensor | None = None,
+                  full_mean=None, full_inv=None, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """float64 [steps, 6] pair sums of an insertion curve over this rank's tiles.
+
+    x: features in insertion order (row-major); shift_mean: the per-row shift; bounds: int32 [steps],
+    features in at each step; s_steps/q_steps: float64 [steps, n] running row sums and squared sums of
+    the shifted rows; the reference is a condensed RDM ``ref`` or, when None, the full-feature RDM (with
+    ``full_mean``/``full_inv``); bad: uint8 [n], rows left out of the reference.
+    """
+    n, d = x.shape
+    meta = _meta(x)
+    steps = bounds.numel()
+    out = torch.zeros(steps, 6, dtype=torch.float64, device=x.device)
+    tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device, rank, world)
+    if len(tiles):
+        condensed = ref is not None
+        _curve_kernel[(len(tiles),)](
+            x, x.stride(0), shift_mean, bounds, s_steps, q_steps, ref if condensed else x,
+            shift_mean if condensed else full_mean, shift_mean if condensed else full_inv, bad, out, tiles,
+            n, d, steps, eps, REF_IS_CONDENSED=condensed, **meta)
+    return out
