@@ -47,14 +47,12 @@ def main(argv=None) -> str:
     copy_s = median_seconds({"copy": lambda: dst.copy_(big)}, reps=args.reps)["copy"]
     copy_bw = _gbps(2 * big.numel() * 4, copy_s)
     rows.append(["ceiling", "torch copy_ 1 GiB f32", f"{copy_s * 1e3:.3f}", f"{copy_bw:.0f} GB/s", "100%"])
-    del big, dst
     rates = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(8192, 8192, device=dev, dtype=dtype)
         t = median_seconds({"mm": lambda: a @ a}, reps=args.reps)["mm"]
         rates[dtype] = 2 * 8192 ** 3 / t / 1e12
         rows.append(["ceiling", f"torch.mm 8192^2 {dtype}", f"{t * 1e3:.3f}", f"{rates[dtype]:.1f} TFLOP/s", "100%"])
-        del a
 
     for shape, dtype, fmt in [((64, 512, 32, 32), torch.float32, torch.contiguous_format),
                               ((256, 4096), torch.float32, torch.contiguous_format),
@@ -105,7 +103,6 @@ def main(argv=None) -> str:
                 peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
                 rows.append([f"similarity N={n} D=4096+1024", f"tiled ({backend})", f"{t * 1e3:.1f}",
                              f"peak +{peak:.0f} MiB", f"N x N f32 would be {n * n * 4 / 2 ** 20:.0f} MiB"])
-        del x, y
     return print_table(["task", "implementation", "median ms", "rate", "fraction / note"], rows)
 
 
