@@ -163,9 +163,9 @@ class _RowBlocks:
         self._key, self._block = None, None
 
     def make(self, lo: int, hi: int) -> Tensor:
-        """Rows lo:hi normalised (or only shifted by their mean)."""
+        """Rows lo:hi normalised (or only shifted by their mean), on X's device."""
         f = self.stats.shifted if self.shift_only else self.stats.normalised
-        return f(self.X, lo, hi, self.dtype, "cpu")
+        return f(self.X, lo, hi, self.dtype, self.X.device)
 
     def get(self, lo: int, hi: int) -> Tensor:
         if self._key != (lo, hi):
@@ -501,10 +501,10 @@ def _tiled_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, block: int |
             m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, ref=ref.to(device=X.device, dtype=dtype),
                                        rank=rank, world=world)
         return _all_reduce(m.cpu())
-    ones = torch.ones(n, dtype=torch.float64)
-    s = torch.zeros(n, dtype=torch.float64)
-    q = torch.where(bad, torch.zeros_like(ones), ones)  # v = q - s^2/k: 1 for valid rows, 0 for the others
-    ref_t = ref.to(dtype).contiguous() if ref is not None else None
+    dev = X.device
+    s = torch.zeros(n, dtype=torch.float64, device=dev)
+    q = (~bad).double().to(dev)  # v = q - s^2/k: 1 for valid rows, 0 for the others
+    ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
     tiles = _tiles(n, int(block or _default_block(n)))[rank::world]
     total = torch.zeros(6, dtype=torch.float64)
     rows = _RowBlocks(X, sx, dtype), _RowBlocks(Y, sy, dtype) if Y is not None else None
@@ -676,7 +676,9 @@ def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int
                                 ref=ref.to(device=Xp.device, dtype=torch.float64) if ref is not None else None,
                                 full_mean=mean, full_inv=inv, rank=rank, world=world)
         return _all_reduce(moments.cpu())
-    ref_t = ref.to(dtype).contiguous() if ref is not None else None
+    dev = Xp.device
+    s_steps, q_steps = s_steps.to(dev), q_steps.to(dev)
+    ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
     tiles = _tiles(n, int(block or CURVE_BLOCK))[rank::world]
     moments = torch.zeros(len(counts), 6, dtype=torch.float64)
     shifted = _RowBlocks(Xp, stats, dtype, shift_only=True)
@@ -688,12 +690,12 @@ def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int
             if ref_t is None:
                 tile_ref = normalised.get(i0, i1) @ normalised.make(j0, j1).T
                 if bool(stats.bad[i0:i1].any() or stats.bad[j0:j1].any()):
-                    tile_ref[stats.bad[i0:i1], :] = float("nan")
-                    tile_ref[:, stats.bad[j0:j1]] = float("nan")
+                    tile_ref[stats.bad[i0:i1].to(dev), :] = float("nan")
+                    tile_ref[:, stats.bad[j0:j1].to(dev)] = float("nan")
                 mode = REF_GRAM
             else:
                 tile_ref, mode = ref_t, REF_CONDENSED
-            gram = torch.zeros(i1 - i0, j1 - j0, dtype=dtype)
+            gram = torch.zeros(i1 - i0, j1 - j0, dtype=dtype, device=dev)
             for step, (a, b) in enumerate(zip(bounds, bounds[1:])):
                 gram.addmm_(xi[:, a:b], xj[:, a:b].T)
                 moments[step] += pair_moments(
