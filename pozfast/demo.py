@@ -107,6 +107,7 @@ def _geometry_table(ours: dict, poz: torch.Tensor) -> str:
         deck = DECK[k]
         lines.append(f"| {k} | {'> ' if 'top-20' in k else ''}{deck:.2f} | {v:.3f} |")
     lines.append(f"| lowest PoZ among the top-20% features | >= 55% | {100 * float(top20.min()):.0f}% |")
+    lines.append(f"| top-20% features that never fire (PoZ = 100%) | | {int((top20 == 1).sum())} of {top20.numel()} |")
     return "\n".join(lines)
 
 
