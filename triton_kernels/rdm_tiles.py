@@ -18,15 +18,12 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit
-def _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
-    ok_i, ok_j = rows_i < n, rows_j < n
-    mi = tl.load(mean_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
-    mj = tl.load(mean_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
-    for k0 in range(0, d, BLOCK_K):
+def _add_shifted_gram(acc, x_ptr, stride, mi, mj, rows_i, rows_j, ok_i, ok_j, k_lo, k_hi,
+                      BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """acc + (X_i - m_i)[:, k_lo:k_hi] @ (X_j - m_j)[:, k_lo:k_hi]^T, the shift applied as the rows load."""
+    for k0 in range(k_lo, k_hi, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
-        ok_k = ks < d
+        ok_k = ks < k_hi
         ma = ok_i[:, None] & ok_k[None, :]
         mb = ok_j[:, None] & ok_k[None, :]
         a = tl.load(x_ptr + rows_i.to(tl.int64)[:, None] * stride + ks[None, :], mask=ma, other=0.0).to(ACC)
@@ -34,6 +31,17 @@ def _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d,
         a = tl.where(ma, a - mi[:, None], 0.0)
         b = tl.where(mb, b - mj[:, None], 0.0)
         acc += tl.dot(a, tl.trans(b), input_precision="ieee")
+    return acc
+
+
+@triton.jit
+def _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    ok_i, ok_j = rows_i < n, rows_j < n
+    mi = tl.load(mean_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
+    mj = tl.load(mean_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
+    acc = _add_shifted_gram(tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC), x_ptr, stride, mi, mj, rows_i, rows_j,
+                            ok_i, ok_j, 0, d, BLOCK_K, ACC)
     inv_i = tl.load(inv_ptr + rows_i, mask=ok_i, other=0.0).to(ACC)
     inv_j = tl.load(inv_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
     return acc * inv_i[:, None] * inv_j[None, :]
@@ -51,6 +59,19 @@ def _tile_rows(tiles_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 def _condensed_index(i, j, n):
     i64 = i.to(tl.int64)[:, None]
     return i64 * n - i64 * (i64 + 1) // 2 + (j.to(tl.int64)[None, :] - i64 - 1)
+
+
+@triton.jit
+def _add_moments(out_ptr, ok, x, y):
+    """Add n, sum x, sum y, sum x^2, sum y^2, sum xy over the tile's valid pairs to out[0:6] (float64)."""
+    x = tl.where(ok, x, 0.0).to(tl.float64)
+    y = tl.where(ok, y, 0.0).to(tl.float64)
+    tl.atomic_add(out_ptr + 0, tl.sum(tl.sum(ok.to(tl.float64), axis=1), axis=0))
+    tl.atomic_add(out_ptr + 1, tl.sum(tl.sum(x, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 2, tl.sum(tl.sum(y, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 3, tl.sum(tl.sum(x * x, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 4, tl.sum(tl.sum(y * y, axis=1), axis=0))
+    tl.atomic_add(out_ptr + 5, tl.sum(tl.sum(x * y, axis=1), axis=0))
 
 
 @triton.jit
@@ -80,14 +101,7 @@ def _moments_kernel(x_ptr, x_stride, x_mean, x_inv, y_ptr, y_stride, y_mean, y_i
     bad = (tl.load(bad_ptr + rows_i, mask=rows_i < n, other=1) != 0)[:, None] | \
           (tl.load(bad_ptr + rows_j, mask=rows_j < n, other=1) != 0)[None, :]
     ok = upper & ~bad & (y == y)  # y == y: not NaN
-    x = tl.where(ok, x, 0.0).to(tl.float64)
-    y = tl.where(ok, y, 0.0).to(tl.float64)
-    tl.atomic_add(out_ptr + 0, tl.sum(tl.sum(ok.to(tl.float64), axis=1), axis=0))
-    tl.atomic_add(out_ptr + 1, tl.sum(tl.sum(x, axis=1), axis=0))
-    tl.atomic_add(out_ptr + 2, tl.sum(tl.sum(y, axis=1), axis=0))
-    tl.atomic_add(out_ptr + 3, tl.sum(tl.sum(x * x, axis=1), axis=0))
-    tl.atomic_add(out_ptr + 4, tl.sum(tl.sum(y * y, axis=1), axis=0))
-    tl.atomic_add(out_ptr + 5, tl.sum(tl.sum(x * y, axis=1), axis=0))
+    _add_moments(out_ptr, ok, x, y)
 
 
 def _meta(x: torch.Tensor) -> dict:
@@ -158,16 +172,7 @@ def _curve_kernel(x_ptr, stride, mean_ptr, bounds_ptr, s_ptr, q_ptr, ref_ptr, re
     lo = 0
     for step in range(0, steps):
         hi = tl.load(bounds_ptr + step)
-        for k0 in range(lo, hi, BLOCK_K):
-            ks = k0 + tl.arange(0, BLOCK_K)
-            ok_k = ks < hi
-            ma = ok_i[:, None] & ok_k[None, :]
-            mb = ok_j[:, None] & ok_k[None, :]
-            a = tl.load(x_ptr + rows_i.to(tl.int64)[:, None] * stride + ks[None, :], mask=ma, other=0.0).to(ACC)
-            b = tl.load(x_ptr + rows_j.to(tl.int64)[:, None] * stride + ks[None, :], mask=mb, other=0.0).to(ACC)
-            a = tl.where(ma, a - mi[:, None], 0.0)
-            b = tl.where(mb, b - mj[:, None], 0.0)
-            g += tl.dot(a, tl.trans(b), input_precision="ieee")
+        g = _add_shifted_gram(g, x_ptr, stride, mi, mj, rows_i, rows_j, ok_i, ok_j, lo, hi, BLOCK_K, ACC)
         lo = hi
         k = hi.to(tl.float64)
         si = tl.load(s_ptr + step * n + rows_i, mask=ok_i, other=0.0)
@@ -182,15 +187,7 @@ def _curve_kernel(x_ptr, stride, mean_ptr, bounds_ptr, s_ptr, q_ptr, ref_ptr, re
         inv_j = tl.where(good_j, 1.0 / tl.sqrt(tl.where(good_j, vj, 1.0)), 0.0)
         ok = base & good_i[:, None] & good_j[None, :]
         r = (g.to(tl.float64) - si[:, None] * sj[None, :] / k) * inv_i[:, None] * inv_j[None, :]
-        x = tl.where(ok, 1.0 - r, 0.0)
-        yy = tl.where(ok, y, 0.0)
-        o = out_ptr + step * 6
-        tl.atomic_add(o + 0, tl.sum(tl.sum(ok.to(tl.float64), axis=1), axis=0))
-        tl.atomic_add(o + 1, tl.sum(tl.sum(x, axis=1), axis=0))
-        tl.atomic_add(o + 2, tl.sum(tl.sum(yy, axis=1), axis=0))
-        tl.atomic_add(o + 3, tl.sum(tl.sum(x * x, axis=1), axis=0))
-        tl.atomic_add(o + 4, tl.sum(tl.sum(yy * yy, axis=1), axis=0))
-        tl.atomic_add(o + 5, tl.sum(tl.sum(x * yy, axis=1), axis=0))
+        _add_moments(out_ptr + step * 6, ok, 1.0 - r, y)
 
 
 def curve_moments(x: torch.Tensor, shift_mean: torch.Tensor, bounds: torch.Tensor, s_steps: torch.Tensor,
