@@ -152,7 +152,8 @@ def cmd_trim(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pozfast",
-        description="Fast APoZ (average percentage of zeros after ReLU) for PyTorch models.")
+        description="Fast APoZ (average percentage of zeros after ReLU), network trimming and representational "
+                    "geometry (Pearson RDMs) for PyTorch models.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
