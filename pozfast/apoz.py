@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import os
 import sys
 import weakref
@@ -52,6 +51,11 @@ STATE_VERSION = 1
 
 def _producer_channel_dim(module: nn.Module) -> int | None:
     return 1 if isinstance(module, _CHANNEL_FIRST) else -1 if isinstance(module, _CHANNEL_LAST) else None
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (CPU for a model without parameters)."""
+    return next((p.device for p in model.parameters()), torch.device("cpu"))
 
 
 def _default_channel_dim(x: Tensor) -> int:
@@ -223,7 +227,7 @@ class APoZTracker:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"APoZ tracker state version {state.get('version')!r} is not {STATE_VERSION}")
-        device = next(itertools.chain((p.device for p in self.model.parameters()), [torch.device("cpu")]))
+        device = model_device(self.model)
         self._sites = {(s["module"], s["call"]): _Site(s["module"], s["call"], s["channel_dim"],
                                                        s["zeros"].to(device), s["total"], s["examples"])
                        for s in state["sites"]}
@@ -365,7 +369,7 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
         An :class:`APoZReport`, summed over ranks when ``torch.distributed`` is initialised.
     """
     if device is None:
-        device = next(itertools.chain((p.device for p in model.parameters()), [torch.device("cpu")]))
+        device = model_device(model)
     device = torch.device(device)
     pick = inputs or default_inputs
     tracker = track_apoz(model, layers=layers, channel_dims=channel_dims)

@@ -492,8 +492,8 @@ def _tiled_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, block: int |
     if select("rdm similarity", X.device, _TILE_BACKENDS) == "triton":  # GEMM tiles and sums in one kernel
         from pozfast.triton_kernels import rdm_tiles
 
-        x, mean, inv, bad_dev = _triton_operands(X, sx, dtype, X.device)
-        bad_dev = bad.to(device=X.device, dtype=torch.uint8)
+        x, mean, inv, _ = _triton_operands(X, sx, dtype, X.device)
+        bad_dev = bad.to(device=X.device, dtype=torch.uint8)  # X's or Y's zero-variance rows
         if Y is not None:
             y, y_mean, y_inv, _ = _triton_operands(Y, sy, dtype, X.device)
             m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, y=y, y_mean=y_mean, y_inv=y_inv, rank=rank, world=world)
@@ -667,17 +667,17 @@ def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int
         s_steps[:, lo:hi] = parts_s.cumsum(1).T
         q_steps[:, lo:hi] = parts_q.cumsum(1).T
     rank, world = _world()
-    if select("insertion curve", Xp.device, _TILE_BACKENDS) == "triton":  # every step of a tile in one program
-        from pozfast.triton_kernels.rdm_tiles import curve_moments
-
-        x, mean, inv, bad = _triton_operands(Xp, stats, dtype, Xp.device)
-        bounds_t = torch.tensor(counts, dtype=torch.int32, device=Xp.device)
-        moments = curve_moments(x, mean, bounds_t, s_steps.to(Xp.device), q_steps.to(Xp.device), bad, _VAR_EPS,
-                                ref=ref.to(device=Xp.device, dtype=torch.float64) if ref is not None else None,
-                                full_mean=mean, full_inv=inv, rank=rank, world=world)
-        return _all_reduce(moments.cpu())
     dev = Xp.device
     s_steps, q_steps = s_steps.to(dev), q_steps.to(dev)
+    if select("insertion curve", dev, _TILE_BACKENDS) == "triton":  # every step of a tile in one program
+        from pozfast.triton_kernels.rdm_tiles import curve_moments
+
+        x, mean, inv, bad = _triton_operands(Xp, stats, dtype, dev)
+        bounds_t = torch.tensor(counts, dtype=torch.int32, device=dev)
+        moments = curve_moments(x, mean, bounds_t, s_steps, q_steps, bad, _VAR_EPS,
+                                ref=ref.to(device=dev, dtype=torch.float64) if ref is not None else None,
+                                full_mean=mean, full_inv=inv, rank=rank, world=world)
+        return _all_reduce(moments.cpu())
     ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
     tiles = _tiles(n, int(block or CURVE_BLOCK))[rank::world]
     moments = torch.zeros(len(counts), 6, dtype=torch.float64)

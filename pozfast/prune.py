@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from pozfast._io import atomic_write, atomic_write_text, json_text
-from pozfast.apoz import _to, apoz, default_inputs
+from pozfast.apoz import _to, apoz, default_inputs, model_device
 from pozfast.report import APoZReport
 
 _PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
@@ -366,7 +366,7 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     if rounds < 1 or fine_tune_epochs < 0:
         raise ValueError(f"rounds must be >= 1 and fine_tune_epochs >= 0, got {rounds} and {fine_tune_epochs}")
     if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
     device = torch.device(device)
     factory = optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9))
     example = _to(default_inputs(next(iter(val_data))), device)

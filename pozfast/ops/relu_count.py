@@ -69,10 +69,10 @@ def _into(x: Tensor, y: Tensor, axis: int, native_ok: bool) -> Tensor:
     plain torch otherwise.
     """
     backend = select("relu_count", x.device, _SUPPORTED) if native_ok else "torch"
-    split = memory_split(x, axis)
     if backend == "torch" or x.numel() == 0:
         torch.clamp_min(x, 0, out=y)  # what torch.relu computes, bit for bit
         return count_zeros_reference(y, axis)
+    split = memory_split(x, axis)
     assert split is not None and x.stride() == y.stride(), "native relu_count needs dense, equal layouts"
     if backend == "triton":
         from pozfast.triton_kernels.relu_count import relu_count as triton_relu_count
