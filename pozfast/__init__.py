@@ -1,11 +1,12 @@
 """pozfast: fast APoZ (average percentage of zeros after ReLU), network trimming and representational
 geometry for PyTorch, with native CPU, CUDA and Triton kernels and plain-torch fallbacks."""
 
-from pozfast.apoz import APoZTracker, apoz, track_apoz
+from pozfast.apoz import apoz
 from pozfast.backends import BackendStatus, backends, use_backend
 from pozfast.ops.relu_count import relu_count
 from pozfast.geometry import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
 from pozfast.report import APoZReport, LayerAPoZ
+from pozfast.tracking import APoZTracker, track_apoz
 
 __all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "apoz",
            "backends", "compare_rdms", "insertion_curve", "rdm", "rdm_similarity", "relu_count", "track_apoz",

@@ -129,6 +129,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _count_or_fraction(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def cmd_trim(args: argparse.Namespace) -> int:
     import torch
 
@@ -143,9 +150,17 @@ def cmd_trim(args: argparse.Namespace) -> int:
     result = prune.trim(model, train, val, layers=args.layers, rule=rule, rounds=args.rounds,
                         fine_tune_epochs=args.epochs, checkpoint_dir=ckpt, device=args.device,
                         optimizer_factory=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
-                        progress=not args.no_progress, seed=args.seed)
+                        progress=not args.no_progress, seed=args.seed, remove_dead=args.remove_dead)
+    if result.dead is not None:
+        d = result.dead
+        print(f"dead channels removed first: {d['channels']}, {d['compression']:.3f}x compression, top-1 "
+              f"{100 * result.rows[0]['top1_after']:.2f}% -> {100 * d['top1']:.2f}%, largest output change "
+              f"{d['max_abs_change']:.2g}\n")
     print(result.table())
-    print(f"\nwrote trim.json, trim.csv, model.pt and model.pt2 to {ckpt}/")
+    saved = "model.pt and model.pt2" if result.export_error is None else "model.pt"
+    print(f"\nwrote trim.json, trim.csv and {saved} to {ckpt}/")
+    if result.export_error is not None:
+        print(f"model.pt2 not written: torch.export failed ({result.export_error})")
     return 0
 
 
@@ -224,7 +239,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--layers", required=True, nargs="+", metavar="NAME", help="Conv/Linear modules to trim")
     t.add_argument("--rule", default="threshold", choices=["threshold", "ratio", "std"])
     t.add_argument("--amount", type=float, default=0.9, help="APoZ threshold, ratio, or k of mean + k*std (default: %(default)s)")
-    t.add_argument("--min-keep", type=float, default=0.1, help="channels kept per layer: count, or fraction if < 1")
+    t.add_argument("--min-keep", type=_count_or_fraction, default=0.1,
+                   help="channels kept per layer: a count (an integer such as 2) or a fraction (0.1; 1.0 keeps all)")
+    t.add_argument("--remove-dead", action="store_true",
+                   help="first remove every channel that is zero on all validation data (outputs unchanged)")
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round")
     t.add_argument("--lr", type=float, default=0.01, help="SGD learning rate for fine-tuning (momentum 0.9)")

@@ -1,7 +1,7 @@
 """``pozfast demo``: the whole workflow on scikit-learn's bundled handwritten digits.
 
-Train a small VGG-style ReLU CNN; measure APoZ on the validation split; trim the last conv layer and
-the first FC layer for several rounds with fine-tuning (the paper's Table 4); insertion curves of the
+Train a small VGG-style ReLU CNN; measure APoZ on the validation split; remove the dead channels (APoZ
+exactly 100 %) without changing the outputs; trim the last conv layer and the first FC layer for several rounds with fine-tuning (the paper's Table 4); insertion curves of the
 first FC layer's features ordered by PoZ (the deck's figures); a report.md with tables and plots and a
 results.json with every number. Seeded: two runs give the same tables.
 """
@@ -51,15 +51,22 @@ def run(out: str | Path = "pozfast-demo", *, epochs: int = 12, rounds: int = 3, 
     report.plot_overview(out / "apoz_layers.png")
     say(report.summary())
 
-    say(f"3. trimming {' and '.join(TRIM_LAYERS)} for {rounds} rounds, rule {rule}", flush=True)
-    trimmed = prune.trim(copy.deepcopy(model), train, val, layers=TRIM_LAYERS, rule=rule, rounds=rounds,
+    say("3. removing the dead channels (APoZ exactly 100 % on the validation split), outputs unchanged", flush=True)
+    lean = copy.deepcopy(model)
+    dead = prune.remove_dead(lean, report, next(iter(val)))
+    top1_dead, _ = prune.evaluate(lean, val)
+    dead_text = _dead_text(dead, top1, top1_dead)
+    say(dead_text)
+
+    say(f"4. trimming {' and '.join(TRIM_LAYERS)} for {rounds} rounds, rule {rule}", flush=True)
+    trimmed = prune.trim(lean, train, val, layers=TRIM_LAYERS, rule=rule, rounds=rounds,
                          fine_tune_epochs=fine_tune_epochs, seed=seed, progress=False)
     trimmed.save(out)
     prune.save_model(trimmed.model, out, next(iter(val))[0])
     table = trimmed.table()
     say(table)
 
-    say("4. representational geometry of the FC1 features (insertion curves, R^2 with the full RDM)", flush=True)
+    say("5. representational geometry of the FC1 features (insertion curves, R^2 with the full RDM)", flush=True)
     acts = _fc1_activations(model, val)
     poz = report[FC_KEY].apoz
     low = insertion_curve(acts, poz, order="low_to_high", steps=steps, method="r2")
@@ -74,12 +81,13 @@ def run(out: str | Path = "pozfast-demo", *, epochs: int = 12, rounds: int = 3, 
         "seed": seed, "train_items": len(train_set), "val_items": len(val_set),
         "accuracy": {"top1": top1, "top5": top5},
         "apoz": {e.key: {"channels": e.channels, "mean": float(e.apoz.mean()), "apoz": e.apoz.tolist()} for e in report},
+        "dead": {**dead.to_json(), "top1_before": top1, "top1_after": top1_dead},
         "trim": trimmed.to_json(), "rule": vars(rule) if hasattr(rule, "__dict__") else str(rule),
         "curves": {"low_to_high": low.to_dict(), "high_to_low": high.to_dict()},
         "geometry": {"demo": ours, "deck": DECK},
     }
     atomic_write_text(out / "results.json", json_text(results))
-    atomic_write_text(out / "report.md", _report_md(report.summary(), table, geometry, top1, rule, rounds,
+    atomic_write_text(out / "report.md", _report_md(report.summary(), dead_text, table, geometry, top1, rule, rounds,
                                                      len(train_set), len(val_set)))
     say(f"\nwrote {out / 'report.md'} (tables and plots) and {out / 'results.json'} (every number) "
         f"in {time.monotonic() - start:.0f} s")
@@ -111,7 +119,15 @@ def _geometry_table(ours: dict, poz: torch.Tensor) -> str:
     return "\n".join(lines)
 
 
-def _report_md(summary: str, table: str, geometry: str, top1: float, rule, rounds: int, n_train: int,
+def _dead_text(dead: prune.DeadRemoval, top1_before: float, top1_after: float) -> str:
+    per_layer = ", ".join(f"{layer}: {len(idx)}" for layer, idx in dead.removed.items()) or "none"
+    return (f"dead channels removed: {dead.channels} ({per_layer})\n"
+            f"parameters {dead.params_before} -> {dead.params_after}: {dead.compression:.3f}x compression for free\n"
+            f"validation top-1 {100 * top1_before:.2f}% before, {100 * top1_after:.2f}% after; largest change of "
+            f"the logits {dead.max_abs_change:.2g} (relative {dead.max_rel_change:.2g})")
+
+
+def _report_md(summary: str, dead: str, table: str, geometry: str, top1: float, rule, rounds: int, n_train: int,
                n_val: int) -> str:
     return f"""# pozfast demo: network trimming and representational geometry on handwritten digits
 
@@ -129,9 +145,16 @@ ReLU layers), trained to {100 * top1:.2f}% validation top-1.
 
 ![APoZ of every layer](apoz_layers.png)
 
+## Dead channels removed first (exact: constants folded into the next biases)
+
+```
+{dead}
+```
+
 ## Trimming the last conv layer and FC1 ({rounds} rounds, {rule})
 
-Compression rate = parameters of the whole network before trimming / after (biases included).
+Compression rate = parameters of the whole network before trimming / after (biases included); round 0
+is the model after the dead channels were removed.
 
 {table}
 

@@ -1,8 +1,9 @@
 """The APoZ report: per-layer zero counts, APoZ per channel, summary table, portable save/load, plots.
 
 File format (``APoZReport.save``): UTF-8 JSON,
-``{"format": "pozfast-apoz", "version": 1, "layers": [{"key", "module", "call", "channel_dim",
-"channels", "examples", "total", "zeros": [int, ...]}, ...]}`` with layers in forward order. ``total`` is
+``{"format": "pozfast-apoz", "version": 2, "layers": [{"key", "module", "call", "channel_dim",
+"channels", "examples", "total", "producers": [str, ...], "zeros": [int, ...]}, ...]}`` with layers in
+forward order (version 1 files, without producers, still load). ``total`` is
 the number of elements counted per channel (examples x positions); ``apoz = zeros / total``.
 """
 
@@ -20,7 +21,7 @@ from torch import Tensor
 from pozfast._io import atomic_write, atomic_write_text
 
 FORMAT = "pozfast-apoz"
-VERSION = 1
+VERSION = 2
 
 
 @dataclasses.dataclass
@@ -36,6 +37,9 @@ class LayerAPoZ:
         zeros: int64 tensor [C], zeros counted per channel.
         total: elements counted per channel (examples x positions per example).
         examples: examples seen (the first dim of the activation, summed over batches).
+        producers: qualified names of the Conv/Linear modules whose output reaches this ReLU through
+            per-channel modules (BatchNorm, Dropout, pooling, reshapes); several where a residual add
+            joins branches; empty when none was seen.
     """
 
     key: str
@@ -45,6 +49,12 @@ class LayerAPoZ:
     zeros: Tensor
     total: int
     examples: int
+    producers: tuple[str, ...] = ()
+
+    @property
+    def producer(self) -> str | None:
+        """The first producer (the Conv/Linear whose output this ReLU consumes), or None."""
+        return self.producers[0] if self.producers else None
 
     @property
     def channels(self) -> int:
@@ -59,13 +69,13 @@ class LayerAPoZ:
     def to_json(self) -> dict:
         return {"key": self.key, "module": self.module, "call": self.call, "channel_dim": self.channel_dim,
                 "channels": self.channels, "examples": self.examples, "total": self.total,
-                "zeros": self.zeros.tolist()}
+                "producers": list(self.producers), "zeros": self.zeros.tolist()}
 
     @classmethod
     def from_json(cls, d: dict) -> LayerAPoZ:
         return cls(key=d["key"], module=d["module"], call=int(d["call"]), channel_dim=int(d["channel_dim"]),
                    zeros=torch.tensor(d["zeros"], dtype=torch.int64), total=int(d["total"]),
-                   examples=int(d["examples"]))
+                   examples=int(d["examples"]), producers=tuple(d.get("producers", ())))
 
 
 class APoZReport:
@@ -120,8 +130,8 @@ class APoZReport:
     @classmethod
     def load(cls, path: str | os.PathLike) -> APoZReport:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT or data.get("version") != VERSION:
-            raise ValueError(f"{path} is not a pozfast APoZ report (format {FORMAT!r} version {VERSION})")
+        if data.get("format") != FORMAT or data.get("version") not in (1, VERSION):
+            raise ValueError(f"{path} is not a pozfast APoZ report (format {FORMAT!r} version 1 or {VERSION})")
         return cls([LayerAPoZ.from_json(d) for d in data["layers"]])
 
     def plot_histogram(self, key: str, path: str | os.PathLike, bins: int = 50) -> Path:

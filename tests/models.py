@@ -91,3 +91,89 @@ def digits_batches(n: int = 3, batch: int = 16, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     return [(torch.rand(batch, 1, 8, 8, generator=gen), torch.randint(0, 10, (batch,), generator=gen))
             for _ in range(n)]
+
+
+class HelperFunctional(nn.Module):
+    """Every ReLU is ``F.relu`` called from one helper method: keys ``<root>:0 ... <root>:3``."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = nn.BatchNorm2d(6)
+        self.fc1 = nn.Linear(6 * 4 * 4, 20)
+        self.fc2 = nn.Linear(20, 16)
+        self.fc3 = nn.Linear(16, 12)
+        self.head = nn.Linear(12, 10)
+
+    def _act(self, x):
+        return F.relu(x)
+
+    def forward(self, x):
+        x = F.max_pool2d(self._act(self.bn(self.conv(x))), 2).flatten(1)
+        x = self._act(self.fc1(x))
+        x = self._act(self.fc2(x))
+        return self.head(self._act(self.fc3(x)))
+
+
+class CrepeLike(nn.Module):
+    """conv, ReLU, BatchNorm, pool blocks (BN after the ReLU, as in CREPE), then flatten and two FC layers.
+
+    ``padding`` sets the second convolution's zero padding, which sits between the first block's BN
+    constant and the convolution.
+    """
+
+    def __init__(self, padding: int = 0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(8, 6, 3, padding=padding, bias=False)
+        self.relu2 = nn.ReLU()
+        self.bn2 = nn.BatchNorm2d(6)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(6 * (4 if padding else 2) ** 2, 16)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(16, 5)
+
+    def forward(self, x):
+        x = self.pool1(self.bn1(self.relu1(self.conv1(x))))
+        x = self.bn2(self.relu2(self.conv2(x)))
+        return self.fc2(self.relu3(self.fc1(self.flatten(x))))
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters in every BatchNorm (as after training)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+                m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=gen) * 0.5)
+    return model
+
+
+def kill_channels(conv: nn.Module, channels: list, bn: nn.Module | None = None) -> None:
+    """Make ``channels`` of ``conv``'s output negative for every input (dead after a ReLU), through ``bn``
+    when it sits between them."""
+    with torch.no_grad():
+        conv.weight[channels] = 0
+        if conv.bias is not None:
+            conv.bias[channels] = -1.0
+        if bn is not None:
+            bn.weight[channels] = 0
+            bn.bias[channels] = -1.0
+
+
+class DataDependent(nn.Module):
+    """Python control flow on a tensor's value: torch.export cannot export it."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)

@@ -1,0 +1,293 @@
+"""The trimming driver (Hu et al. 2016): measure APoZ, remove high-APoZ channels, fine-tune, repeat."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import inspect
+import io
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils._pytree import tree_map
+
+from pozfast._io import atomic_write, atomic_write_text, json_text
+from pozfast.apoz import apoz
+from pozfast.batches import IGNORE_INDEX, Inputs, batch_targets, call_args, call_model, default_loss, output_logits, to_device
+from pozfast.modules import fingerprint, kept_modes, model_device, unwrap
+from pozfast.selection import Rule, relu_keys, resolve_layers, select_channels
+from pozfast.surgery import check_plan, compression_rate, count_params, coupled_groups, out_channels, remove_channels
+from pozfast.validate import integer, names, optional_positive_int
+
+Targets = Callable[[Any], Tensor]
+LossFn = Callable[[Any, Any], Tensor]
+STATE_FORMAT = "pozfast-trim-state"
+
+
+@dataclasses.dataclass
+class TrimResult:
+    """One row per round, like the paper's Table 4 (round 0 is the untrimmed model).
+
+    ``dead``: the summary of :func:`pozfast.prune.remove_dead` when dead channels were removed before
+    the rounds. ``export_error``: why ``model.pt2`` could not be written, if it could not.
+    """
+
+    layers: list[str]
+    rows: list[dict]
+    model: nn.Module | None = None
+    dead: dict | None = None
+    export_error: str | None = None
+
+    def table(self) -> str:
+        widths = [f"width {n}" for n in self.layers]
+        headers = ["round", *widths, "params", "compression", "top-1 before FT", "top-1 after FT"]
+        has_top5 = any(r.get("top5_after") is not None for r in self.rows)
+        if has_top5:
+            headers += ["top-5 before FT", "top-5 after FT"]
+        pct = lambda v: "" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines = []
+        for r in self.rows:
+            cells = [str(r["round"]), *(str(r["widths"][n]) for n in self.layers), str(r["params"]),
+                     f"{r['compression']:.2f}x", pct(r["top1_before"]), pct(r["top1_after"])]
+            if has_top5:
+                cells += [pct(r["top5_before"]), pct(r["top5_after"])]
+            lines.append(cells)
+        w = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
+        fmt = lambda cells: "| " + " | ".join(c.rjust(x) for c, x in zip(cells, w)) + " |"  # noqa: E731
+        return "\n".join([fmt(headers), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(fmt, lines)])
+
+    def to_json(self) -> dict:
+        return {"layers": self.layers, "rows": self.rows, "dead": self.dead, "export_error": self.export_error}
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """``trim.json`` and ``trim.csv`` in ``folder``, atomically."""
+        folder = Path(folder)
+        atomic_write_text(folder / "trim.json", json_text(self.to_json()))
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        keys = ["round", *[f"width {n}" for n in self.layers], "params", "compression", "top1_before",
+                "top1_after", "top5_before", "top5_after"]
+        writer.writerow(keys)
+        for r in self.rows:
+            writer.writerow([r["round"], *(r["widths"][n] for n in self.layers), r["params"], r["compression"],
+                             r["top1_before"], r["top1_after"], r["top5_before"], r["top5_after"]])
+        atomic_write_text(folder / "trim.csv", buf.getvalue())
+
+
+def evaluate(model: nn.Module, data: Iterable, device: str | torch.device | None = None, *,
+             inputs: Inputs | None = None, targets: Targets | None = None) -> tuple[float, float | None]:
+    """(top-1, top-5) accuracy of the logits ``[..., C]`` (a tensor output, Hugging Face ``.logits``)
+    against class-index targets ``[...]`` (``-100`` ignored), in eval mode; top-5 is None under 5
+    classes. Batches and targets: :mod:`pozfast.batches`."""
+    device = torch.device(device) if device is not None else model_device(model)
+    correct1 = correct5 = total = 0
+    classes = 0
+    with kept_modes(model, False), torch.no_grad():
+        for batch in data:
+            logits = output_logits(call_model(model, batch, inputs, device))
+            y = batch_targets(batch, targets).to(logits.device).reshape(-1)
+            logits = logits.reshape(-1, logits.shape[-1])
+            if logits.shape[0] != y.numel():
+                raise ValueError(f"the model gave {logits.shape[0]} predictions for {y.numel()} targets; pass "
+                                 "targets= that returns one class index per prediction")
+            kept = y != IGNORE_INDEX
+            logits, y = logits[kept], y[kept]
+            classes = logits.shape[1]
+            top = logits.topk(min(5, classes), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(1).sum().item()
+            total += y.numel()
+    if total == 0:
+        raise ValueError("evaluation data yielded no batches (or only ignored targets)")
+    return correct1 / total, (correct5 / total if classes >= 5 else None)
+
+
+def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.optim.Optimizer,
+              device: str | torch.device | None = None, *, loss_fn: LossFn | None = None,
+              inputs: Inputs | None = None, targets: Targets | None = None, progress: bool = True) -> None:
+    """``epochs`` passes over ``data`` in train mode (flags restored after).
+
+    ``loss_fn(output, batch)``; default: the output's ``.loss`` (Hugging Face models given labels), else
+    cross-entropy of the logits against the batch's targets (:func:`pozfast.batches.default_loss`).
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device) if device is not None else model_device(model)
+    with kept_modes(model, True):
+        for epoch in range(epochs):
+            for batch in tqdm(data, desc=f"fine-tune epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
+                optimizer.zero_grad(set_to_none=True)
+                output = call_model(model, batch, inputs, device)
+                loss = loss_fn(output, batch) if loss_fn is not None else default_loss(output, batch, targets)
+                loss.backward()
+                optimizer.step()
+
+
+def _widths(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
+    modules = dict(model.named_modules())
+    return {n: out_channels(modules[n]) for n in layers}
+
+
+def _batch_dynamic(args: tuple, kwargs: dict) -> tuple[tuple, dict] | dict:
+    """``dynamic_shapes`` for torch.export with dim 0 of every tensor input as one symbolic batch size."""
+    batch = torch.export.Dim("batch")
+    spec = lambda t: {0: batch} if isinstance(t, Tensor) and t.dim() else None  # noqa: E731
+    if not kwargs:
+        return tuple(tree_map(spec, a) for a in args)
+    return {k: tree_map(spec, v) for k, v in kwargs.items()}
+
+
+def save_model(model: nn.Module, folder: str | os.PathLike, example_inputs: Any, *,
+               inputs: Inputs | None = None) -> dict[str, Any]:
+    """Save a (pruned) model two ways, atomically.
+
+    ``model.pt``: the whole module (``torch.save(model)``); load with
+    ``torch.load(path, weights_only=False)``: the classes must be importable, but their constructor
+    arguments need not match the pruned shapes (a pruned state_dict would not load into the original
+    class). ``model.pt2``: a ``torch.export`` program with a dynamic batch dimension;
+    ``torch.export.load(path).module()`` runs it at any batch size with no class definition at all
+    (inference only). ``example_inputs`` is a batch (:mod:`pozfast.batches`).
+
+    Returns ``{"module": path, "exported": path or None, "export_error": None or why}``: when
+    ``torch.export`` cannot export the model, ``model.pt`` is still written (and a stale ``model.pt2``
+    removed).
+    """
+    model = unwrap(model)
+    folder = Path(folder)
+    paths: dict[str, Any] = {"module": atomic_write(folder / "model.pt", lambda f: torch.save(model, f)),
+                             "exported": None, "export_error": None}
+    args, kwargs = call_args(model, example_inputs, inputs)
+    if kwargs and args:
+        bound = inspect.signature(model.forward).bind(*args, **kwargs)
+        args, kwargs = (), dict(bound.arguments)
+    device = model_device(model)
+    args, kwargs = to_device(args, device), to_device(kwargs, device)
+    try:
+        with kept_modes(model, False):
+            program = torch.export.export(model, args, kwargs, dynamic_shapes=_batch_dynamic(args, kwargs))
+        paths["exported"] = atomic_write(folder / "model.pt2", lambda f: torch.export.save(program, f))
+    except Exception as exc:  # export is best effort: many models cannot be exported
+        (folder / "model.pt2").unlink(missing_ok=True)
+        paths["export_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+    return paths
+
+
+def _arguments(layers, rule: Rule, fine_tune_epochs: int, seed: int, apoz_batches, dead: bool) -> dict:
+    return {"layers": layers if isinstance(layers, list) else dict(layers), "rule": dataclasses.asdict(rule),
+            "fine_tune_epochs": fine_tune_epochs, "seed": seed, "apoz_batches": apoz_batches, "remove_dead": dead}
+
+
+def _load_state(path: Path, model_fp: str, arguments: dict, rounds: int, device) -> dict:
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:
+        raise ValueError(f"{path} cannot be read ({type(exc).__name__}: {exc}); delete it to start again") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path} is not a pozfast trimming checkpoint; choose another checkpoint_dir")
+    if state["model"] != model_fp:
+        raise ValueError(f"{path} was made from another model (fingerprint {state['model']}, this one "
+                         f"{model_fp}); choose another checkpoint_dir")
+    if state["arguments"] != arguments:
+        diff = {k: (state["arguments"].get(k), v) for k, v in arguments.items() if state["arguments"].get(k) != v}
+        raise ValueError(f"{path} was made with other arguments (saved, now): {diff}; choose another checkpoint_dir")
+    done = len(state["rows"]) - 1
+    if done > rounds:
+        raise ValueError(f"{path} holds {done} finished rounds, more than rounds={rounds}; choose another "
+                         "checkpoint_dir or ask for at least that many rounds")
+    return state
+
+
+def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: Sequence[str] | Mapping[str, str],
+         rule: Rule = Rule(), rounds: int = 3, fine_tune_epochs: int = 1,
+         optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+         checkpoint_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
+         seed: int = 0, progress: bool = True, apoz_batches: int | None = None, inputs: Inputs | None = None,
+         targets: Targets | None = None, loss_fn: LossFn | None = None, remove_dead: bool = False) -> TrimResult:
+    """Iterative trimming: per round measure APoZ on ``val_data``, select by ``rule``, remove structurally,
+    evaluate, fine-tune ``fine_tune_epochs`` on ``train_data`` with a fresh optimizer from
+    ``optimizer_factory(params)`` (default SGD, lr 0.01, momentum 0.9), evaluate again.
+
+    ``layers``: Conv/Linear names, each resolved to the ReLU site its output reaches (reused ``nn.ReLU``
+    modules and functional ReLUs alike; :func:`pozfast.prune.resolve_layers`), or ``{layer: report key}``;
+    coupled layers pool their APoZ (:func:`pozfast.prune.select_channels`). Batches, ``inputs``,
+    ``targets`` and ``loss_fn(output, batch)``: :mod:`pozfast.batches` (Hugging Face outputs with
+    ``.loss`` / ``.logits`` work without them). A wrapped model (``torch.compile``, DDP) is trimmed in
+    its inner module, which the result holds. ``remove_dead`` first removes every channel of the model
+    that is exactly 100 % zero on ``val_data`` (:func:`pozfast.prune.remove_dead`), before round 1.
+
+    With ``checkpoint_dir``, each finished round is saved atomically (``state.pt``, with the model's
+    fingerprint and the arguments) and a new call with the same model and arguments resumes after the
+    last finished round, giving the same table (seeded per round); asking for more rounds continues the
+    run; another model or other arguments are an error. The final model is saved there with
+    :func:`save_model`.
+    """
+    from pozfast.dead import remove_dead as remove_dead_channels
+
+    rounds = integer(rounds, "rounds", minimum=1)
+    fine_tune_epochs = integer(fine_tune_epochs, "fine_tune_epochs", minimum=0)
+    seed = integer(seed, "seed")
+    apoz_batches = optional_positive_int(apoz_batches, "apoz_batches")
+    if not isinstance(rule, Rule):
+        raise TypeError(f"rule must be a pozfast.prune.Rule, got {type(rule).__name__}")
+    layer_names = list(layers) if isinstance(layers, Mapping) else names(layers, "layers")
+    model = unwrap(model)
+    device = torch.device(device) if device is not None else model_device(model)
+    factory = optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9))
+    example = next(iter(val_data), None)
+    if example is None:
+        raise ValueError("val_data yielded no batches")
+    example = to_device(example, device)
+    check_plan(model, {n: [] for n in layer_names})  # every layer exists and is prunable
+    keys = dict(layers) if isinstance(layers, Mapping) else relu_keys(model, layer_names, example, inputs=inputs)
+    arguments = _arguments(layers if isinstance(layers, Mapping) else layer_names, rule, fine_tune_epochs, seed,
+                           apoz_batches, remove_dead)
+    model_fp = fingerprint(model)
+    ckpt = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None
+    measure = dict(device=device, progress=progress, max_batches=apoz_batches, inputs=inputs)
+    score = dict(inputs=inputs, targets=targets)
+
+    def save_state():
+        if ckpt is not None:
+            state = {"format": STATE_FORMAT, "model": model_fp, "arguments": arguments, "trimmed": model,
+                     "rows": rows, "dead": dead}
+            atomic_write(ckpt, lambda f: torch.save(state, f))
+
+    if ckpt is not None and ckpt.exists():
+        state = _load_state(ckpt, model_fp, arguments, rounds, device)
+        model, rows, dead = state["trimmed"], state["rows"], state["dead"]
+    else:
+        top1, top5 = evaluate(model, val_data, device, **score)
+        rows = [dict(round=0, widths=_widths(model, layer_names), params=count_params(model), compression=1.0,
+                     removed={}, top1_before=top1, top1_after=top1, top5_before=top5, top5_after=top5)]
+        dead = None
+        if remove_dead:
+            summary = remove_dead_channels(model, apoz(model, val_data, **measure), example, inputs=inputs)
+            top1_d, top5_d = evaluate(model, val_data, device, **score)
+            dead = {**summary.to_json(), "top1": top1_d, "top5": top5_d}
+        save_state()
+    params0 = rows[0]["params"]
+    for rnd in range(len(rows), rounds + 1):
+        torch.manual_seed(seed + rnd)
+        report = apoz(model, val_data, **measure)
+        if not isinstance(layers, Mapping):
+            keys = resolve_layers(report, layer_names)
+        plan = select_channels(report, keys, rule, coupled_groups(model, layer_names, example, inputs=inputs))
+        remove_channels(model, plan, example, inputs=inputs)
+        top1_b, top5_b = evaluate(model, val_data, device, **score)
+        optimizer = factory([p for p in model.parameters() if p.requires_grad])
+        fine_tune(model, train_data, fine_tune_epochs, optimizer, device, loss_fn=loss_fn, progress=progress, **score)
+        top1_a, top5_a = evaluate(model, val_data, device, **score)
+        params = count_params(model)
+        rows.append(dict(round=rnd, widths=_widths(model, layer_names), params=params,
+                         compression=compression_rate(params0, params), removed={k: len(v) for k, v in plan.items()},
+                         top1_before=top1_b, top1_after=top1_a, top5_before=top5_b, top5_after=top5_a))
+        save_state()
+    result = TrimResult(layer_names, rows, model, dead)
+    if checkpoint_dir is not None:
+        result.export_error = save_model(model, checkpoint_dir, example, inputs=inputs)["export_error"]
+        result.save(checkpoint_dir)
+    return result
