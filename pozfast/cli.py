@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -12,28 +13,57 @@ from pathlib import Path
 from typing import Any
 
 
+class CLIError(Exception):
+    """A problem with the command's input: printed as one ``error:`` line, exit status 2."""
+
+
 def load_callable(spec: str) -> Callable[..., Any]:
     """``module:function`` or ``path/to/file.py:function`` -> the function."""
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"error: {spec!r} is not of the form module:function or file.py:function")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.exists():
-            raise SystemExit(f"error: no file {path}")
-        loader_spec = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(loader_spec)
-        loader_spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, str(Path.cwd()))
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise SystemExit(f"error: cannot import {module_name!r}: {exc}") from exc
+        raise CLIError(f"{spec!r} is not of the form module:function or file.py:function")
     try:
-        return getattr(module, attr)
-    except AttributeError:
-        raise SystemExit(f"error: module {module_name!r} has no attribute {attr!r}") from None
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.is_file():
+                raise CLIError(f"no file {path}")
+            loader_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(loader_spec)
+            loader_spec.loader.exec_module(module)
+        else:
+            sys.path.insert(0, str(Path.cwd()))
+            module = importlib.import_module(module_name)
+    except CLIError:
+        raise
+    except Exception as exc:
+        raise CLIError(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}") from None
+    function = getattr(module, attr, None)
+    if not callable(function):
+        raise CLIError(f"module {module_name!r} has no function {attr!r}")
+    return function
+
+
+def call_spec(spec: str, what: str) -> Any:
+    """Call the function named by ``spec``; its failure is one line that names it."""
+    function = load_callable(spec)
+    try:
+        return function()
+    except Exception as exc:
+        raise CLIError(f"{spec} (the {what}) raised {type(exc).__name__}: {exc}") from None
+
+
+def output_folder(path: str) -> Path:
+    """The output folder, created and checked before any computation."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CLIError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write into the output folder {out}")
+    return out
 
 
 def _file_name(key: str) -> str:
@@ -44,7 +74,8 @@ def cmd_apoz(args: argparse.Namespace) -> int:
     import pozfast
 
     if (args.model is None) != (args.data is None):
-        raise SystemExit("error: give both --model and --data, or neither (for the embedded digits default)")
+        raise CLIError("give both --model and --data, or neither (for the embedded digits default)")
+    out = output_folder(args.out)
     if args.model is None:
         from pozfast import digits
 
@@ -52,10 +83,9 @@ def cmd_apoz(args: argparse.Namespace) -> int:
               "seconds on scikit-learn's handwritten digits, validation split)", flush=True)
         model, data = digits.default_model(), digits.default_data()
     else:
-        model, data = load_callable(args.model)(), load_callable(args.data)()
+        model, data = call_spec(args.model, "model"), call_spec(args.data, "data")
     report = pozfast.apoz(model, data, device=args.device, layers=args.layers, max_batches=args.max_batches,
                           progress=not args.no_progress, checkpoint=args.checkpoint)
-    out = Path(args.out)
     report.save(out / "apoz.json")
     summary = report.summary()
     (out / "summary.txt").write_text(summary + "\n")
@@ -73,27 +103,28 @@ def load_array(path: str):
     import torch
 
     p = Path(path)
-    if not p.exists():
-        raise SystemExit(f"error: no file {p}")
-    if p.suffix == ".npy":
-        return torch.from_numpy(np.load(p, mmap_mode="r").copy())
-    if p.suffix in (".pt", ".pth"):
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(obj, torch.Tensor):
-            raise SystemExit(f"error: {p} holds a {type(obj).__name__}, not a tensor")
-        return obj
-    raise SystemExit(f"error: {p}: expected a .npy or .pt file")
+    if not p.is_file():
+        raise CLIError(f"no file {p}")
+    if p.suffix not in (".npy", ".pt", ".pth"):
+        raise CLIError(f"{p}: expected a .npy or .pt file")
+    try:
+        obj = (torch.from_numpy(np.load(p, mmap_mode="r").copy()) if p.suffix == ".npy"
+               else torch.load(p, map_location="cpu", weights_only=True))
+    except Exception as exc:
+        raise CLIError(f"cannot read {p}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(obj, torch.Tensor):
+        raise CLIError(f"{p} holds a {type(obj).__name__}, not a tensor")
+    return obj
 
 
 def cmd_rdm(args: argparse.Namespace) -> int:
     import pozfast
     from pozfast._io import atomic_write_text, json_text
 
-    X = load_array(args.features)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.compare and args.curve:
-        raise SystemExit("error: give --compare or --curve, not both")
+        raise CLIError("give --compare or --curve, not both")
+    out = output_folder(args.out)
+    X = load_array(args.features)
     if args.compare:
         result = pozfast.rdm_similarity(X, load_array(args.compare), args.method or "pearson", y_kind=args.y_kind,
                                         progress=not args.no_progress)
@@ -141,12 +172,12 @@ def cmd_trim(args: argparse.Namespace) -> int:
 
     from pozfast import prune
 
-    model = load_callable(args.model)()
-    train, val = load_callable(args.train_data)(), load_callable(args.val_data)()
-    ckpt = Path(args.out)
-    if (ckpt / "state.pt").exists() and not args.resume:
-        raise SystemExit(f"error: {ckpt} holds an earlier run; pass --resume to continue it or choose another --out")
     rule = prune.Rule(args.rule, args.amount, args.min_keep)
+    ckpt = output_folder(args.out)
+    if (ckpt / "state.pt").exists() and not args.resume:
+        raise CLIError(f"{ckpt} holds an earlier run; pass --resume to continue it or choose another --out")
+    model = call_spec(args.model, "model")
+    train, val = call_spec(args.train_data, "training data"), call_spec(args.val_data, "validation data")
     result = prune.trim(model, train, val, layers=args.layers, rule=rule, rounds=args.rounds,
                         fine_tune_epochs=args.epochs, checkpoint_dir=ckpt, device=args.device,
                         optimizer_factory=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
@@ -256,11 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; errors in its input are one ``error:`` line and exit status 2 (as argparse's)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (CLIError, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

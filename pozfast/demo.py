@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from pozfast import digits, prune
-from pozfast._io import atomic_write_text, json_text
+from pozfast._io import atomic_write_text, fresh_folder, json_text
 from pozfast.apoz import apoz
 from pozfast.geometry import insertion_curve
 
@@ -28,10 +28,23 @@ DECK = {"R2 at 25% (low to high)": 0.90, "R2 at 50% (low to high)": 0.98, "R2 fr
 def run(out: str | Path = "pozfast-demo", *, epochs: int = 12, rounds: int = 3, fine_tune_epochs: int = 2,
         rule: prune.Rule = prune.Rule("std", 1.0, min_keep=0.25), steps: int = 40, seed: int = 0,
         progress: bool = True) -> dict:
-    """Run the demo into ``out``; returns every number (also written to results.json)."""
-    start = time.monotonic()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Run the demo into ``out``; returns every number (also written to results.json).
+
+    The files are written into a new folder beside ``out`` that replaces it when the run completes, so
+    ``out`` always holds the files of one complete run (an interrupted rerun leaves the old one).
+    """
+    start, final = time.monotonic(), Path(out)
+    with fresh_folder(final) as out:
+        results = _run(out, epochs=epochs, rounds=rounds, fine_tune_epochs=fine_tune_epochs, rule=rule, steps=steps,
+                       seed=seed, progress=progress)
+    if progress:
+        print(f"\nwrote {final / 'report.md'} (tables and plots) and {final / 'results.json'} (every number) "
+              f"in {time.monotonic() - start:.0f} s")
+    return results
+
+
+def _run(out: Path, *, epochs: int, rounds: int, fine_tune_epochs: int, rule: prune.Rule, steps: int, seed: int,
+         progress: bool) -> dict:
     torch.manual_seed(seed)
     train_set, val_set = digits.load_digits_split(seed=seed)
     train = DataLoader(train_set, batch_size=64, shuffle=True, generator=torch.Generator().manual_seed(seed))
@@ -89,8 +102,6 @@ def run(out: str | Path = "pozfast-demo", *, epochs: int = 12, rounds: int = 3, 
     atomic_write_text(out / "results.json", json_text(results))
     atomic_write_text(out / "report.md", _report_md(report.summary(), dead_text, table, geometry, top1, rule, rounds,
                                                      len(train_set), len(val_set)))
-    say(f"\nwrote {out / 'report.md'} (tables and plots) and {out / 'results.json'} (every number) "
-        f"in {time.monotonic() - start:.0f} s")
     return results
 
 

@@ -4,10 +4,12 @@ comparison without an N x N matrix, and PoZ-ordered feature insertion/removal cu
 Conventions:
 - An RDM holds dissimilarities ``d_ij = 1 - pearson(x_i, x_j)`` between the rows (items) of X (N x D).
   Condensed form: the N(N-1)/2 upper-triangle entries in scipy ``squareform`` order.
-- Zero-variance rows (an item whose feature vector is constant) make Pearson undefined. Policy, the same
-  in every function: their pairs are NaN in RDMs (a :class:`ZeroVarianceWarning` says how many rows), and
-  comparisons skip them (and NaN pairs of given RDMs) and report the number of pairs used.
-- X must be finite: NaN or inf in X is an error (no silent NaN propagation).
+- Zero-variance rows (an item whose feature vector is constant, up to the rounding of its values in the
+  dtype the RDM is computed in) make Pearson undefined. Policy, the same in every function: their pairs
+  are NaN in RDMs (a :class:`ZeroVarianceWarning` says how many rows), and comparisons skip them (and NaN
+  pairs of given RDMs) and report the number of pairs used.
+- Non-finite values: NaN or inf in X (or Y, or poz) is an error (no silent NaN propagation). In a given
+  RDM, NaN marks a missing pair (skipped); inf is an error.
 - "r2" is the squared Pearson correlation of the two RDMs' upper triangles (not squared Spearman).
 
 Under ``torch.distributed``, :func:`rdm_similarity` and :func:`insertion_curve` split their tiles across
@@ -30,13 +32,16 @@ from torch import Tensor
 
 from pozfast.backends import select
 from pozfast.ops.rdm_tiles import REF_CONDENSED, REF_GRAM, pack_condensed, pair_moments
+from pozfast.validate import optional_positive_int, positive_int
 
 _TILE_BACKENDS = ("cpu-native", "cuda-native", "triton", "torch")
 
 CURVE_BLOCK = 1024
 _CHUNK_ELEMENTS = 1 << 19  # row chunks of the O(N D) passes: bounded float64 temporaries
-_VAR_EPS = 1e-10
-_RANK_DECIMALS = 10  # relative variance under which a row counts as constant
+_ROUNDING_ULPS = 4  # a row whose rms spread is within this many eps of its rms value is constant
+_ONE_PASS_EPS = 1e-10  # v = q - s^2/k below this share of q is cancellation noise: that row is skipped
+_RANK_DECIMALS = 10  # the Spearman curve's partial RDMs are rounded to this many decimals
+_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers"}
 
 
 class ZeroVarianceWarning(RuntimeWarning):
@@ -46,13 +51,22 @@ class ZeroVarianceWarning(RuntimeWarning):
 # --- input handling ---------------------------------------------------------------------------------
 
 def _as_tensor(a: Any, name: str) -> Tensor:
-    if isinstance(a, Tensor):
-        return a
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
+    """a (a tensor, numpy array or nested list) as a tensor of real numbers."""
     if isinstance(a, (list, tuple)):
-        return torch.as_tensor(np.asarray(a, dtype=np.float64))
-    raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(a).__name__}")
+        try:
+            a = np.asarray(a)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular array of numbers; its nested lists differ in "
+                             f"length") from None
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got {_KINDS.get(a.dtype.kind, a.dtype)}")
+        a = torch.from_numpy(a)
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(a).__name__}")
+    if a.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got a {a.dtype} tensor")
+    return a
 
 
 def _as_features(X: Any, name: str = "X") -> Tensor:
@@ -74,11 +88,12 @@ def condensed_length(n: int) -> int:
     return n * (n - 1) // 2
 
 
-def n_items(length: int) -> int:
-    """N such that N(N-1)/2 == length; ValueError if there is none."""
+def n_items(length: int, name: str = "rdm") -> int:
+    """N such that N(N-1)/2 == length; ValueError (naming ``name``) if there is none."""
     n = (1 + math.isqrt(1 + 8 * length)) // 2
     if condensed_length(n) != length or n < 2:
-        raise ValueError(f"a condensed RDM has N(N-1)/2 entries for some N >= 2; {length} is not such a length")
+        raise ValueError(f"{name} has {length} entries, but a condensed RDM has N(N-1)/2 entries for some "
+                         f"N >= 2; {length} is not such a length")
     return n
 
 
@@ -86,11 +101,13 @@ def as_condensed(rdm: Any, name: str = "rdm", kind: str = "dissimilarity", atol:
     """A condensed float64 dissimilarity vector from a condensed vector or a square matrix.
 
     ``kind="similarity"`` turns similarities into dissimilarities as ``1 - s``. A square matrix must be
-    symmetric (NaN entries must be symmetric too).
+    symmetric (NaN entries must be symmetric too). NaN marks a missing pair; inf is refused.
     """
     if kind not in ("dissimilarity", "similarity"):
         raise ValueError(f"{name} kind must be 'dissimilarity' or 'similarity', got {kind!r}")
     t = _as_tensor(rdm, name).double()
+    if bool(torch.isinf(t).any()):
+        raise ValueError(f"{name} contains inf; RDM entries must be finite, or NaN for a missing pair")
     if t.dim() == 2:
         n = t.shape[0]
         if t.shape[1] != n:
@@ -102,7 +119,7 @@ def as_condensed(rdm: Any, name: str = "rdm", kind: str = "dissimilarity", atol:
         i, j = torch.triu_indices(n, n, offset=1)
         t = t[i, j]
     elif t.dim() == 1:
-        n_items(t.numel())
+        n_items(t.numel(), name)
     else:
         raise ValueError(f"{name} must be a condensed vector or a square matrix, got shape {tuple(t.shape)}")
     return 1 - t if kind == "similarity" else t
@@ -110,18 +127,25 @@ def as_condensed(rdm: Any, name: str = "rdm", kind: str = "dissimilarity", atol:
 
 @dataclasses.dataclass(frozen=True)
 class _RowStats:
-    mean: Tensor  # float64 [N]
-    inv_norm: Tensor  # float64 [N], 0 for zero-variance rows
+    """Row statistics of the scaled rows x / scale, whose values lie in (-2, 2): no square over- or underflows."""
+
+    scale: Tensor  # float64 [N]: the largest power of two <= the row's max |x| (dividing by it is exact)
+    mean: Tensor  # float64 [N]: mean of the scaled row
+    inv_norm: Tensor  # float64 [N]: 1 / centred norm of the scaled row; 0 for zero-variance rows
     bad: Tensor  # bool [N]
 
-    def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
-        """Rows lo:hi centred and scaled to unit norm (zero-variance rows become 0), in ``dtype``."""
-        return self.shifted(X, lo, hi, dtype, device).mul_(self.inv_norm[lo:hi, None].to(device=device, dtype=dtype))
+    def scaled(self, X: Tensor, lo: int, hi: int, device) -> Tensor:
+        """Rows lo:hi over their scale, in float64: a new tensor."""
+        return X[lo:hi].to(device=device, dtype=torch.float64, copy=True).div_(self.scale[lo:hi, None].to(device))
 
-    def shifted(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
-        """Rows lo:hi minus their (float64-accurate) mean, in ``dtype``: a new tensor."""
-        rows = X[lo:hi].to(device=device, dtype=dtype)
-        return torch.sub(rows, self.mean[lo:hi, None].to(device=device, dtype=dtype))
+    def normalise(self, rows: Tensor, lo: int, hi: int) -> Tensor:
+        """Scaled rows lo:hi (columns in any order) centred and scaled to unit norm, in place (in-place float64
+        ops cost a tenth of new temporaries); zero-variance rows become 0."""
+        return rows.sub_(self.mean[lo:hi, None].to(rows.device)).mul_(self.inv_norm[lo:hi, None].to(rows.device))
+
+    def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
+        """Rows lo:hi centred and scaled to unit norm in float64 (no overflow), returned in ``dtype``."""
+        return self.normalise(self.scaled(X, lo, hi, device), lo, hi).to(dtype)
 
 
 def _row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
@@ -134,38 +158,49 @@ def _default_block(n: int) -> int:
     return int(min(1024, max(256, -(-n // 8 // 64) * 64)))
 
 
+def _constant(centred_sq: Tensor, sq: Tensor, dtype: torch.dtype) -> Tensor:
+    """Which rows are constant up to rounding, from their centred sum of squares and their sum of squares.
+
+    Values in ``dtype`` carry a relative rounding error of about eps, so a spread below a few eps of the
+    values' own size is indistinguishable from a constant; the test is relative, so any magnitude works.
+    """
+    return centred_sq <= (_ROUNDING_ULPS * torch.finfo(dtype).eps) ** 2 * sq
+
+
 def _row_stats(X: Tensor, warn: bool = True, name: str = "X") -> _RowStats:
-    """Row means and centred norms in float64, in row chunks (no float64 copy of X); X must be finite."""
+    """Row scales, means and centred norms in float64, in row chunks (no float64 copy of X); X must be finite."""
     n = X.shape[0]
-    mean = torch.empty(n, dtype=torch.float64)
-    sq = torch.empty(n, dtype=torch.float64)
+    scale, mean, centred_sq, sq = (torch.empty(n, dtype=torch.float64) for _ in range(4))
     for lo, hi in _row_chunks(n, X.shape[1]):
-        rows = X[lo:hi].double().cpu()
-        m = rows.mean(1)
-        mean[lo:hi] = m
-        sq[lo:hi] = ((rows - m[:, None]) ** 2).sum(1)
-    if not bool(torch.isfinite(mean).all() and torch.isfinite(sq).all()):  # NaN and inf reach the sums
-        raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
-    scale = (mean * mean * X.shape[1]).clamp_min(torch.finfo(torch.float64).tiny)
-    bad = (sq <= _VAR_EPS * scale) | (sq == 0)
-    inv = torch.where(bad, torch.zeros_like(sq), 1 / sq.clamp_min(1e-300).sqrt())
+        rows = X[lo:hi].to(device="cpu", dtype=torch.float64, copy=True)  # worked on in place
+        low, high = torch.aminmax(rows, dim=1)
+        top = torch.maximum(high, -low)
+        if not bool(torch.isfinite(top).all()):  # aminmax passes NaN on
+            raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
+        scale[lo:hi] = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)  # 1/2 for an all-zero row
+        rows.div_(scale[lo:hi, None])
+        sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+        mean[lo:hi] = rows.mean(1)
+        rows.sub_(mean[lo:hi, None])
+        centred_sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+    bad = _constant(centred_sq, sq, _compute_dtype(X))
+    inv = torch.where(bad, torch.zeros_like(sq), centred_sq.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
     if warn and bool(bad.any()):
         warnings.warn(f"{int(bad.sum())} of {n} rows have zero variance: their pairs are NaN in the RDM and "
                       f"skipped in comparisons", ZeroVarianceWarning, stacklevel=3)
-    return _RowStats(mean, inv, bad)
+    return _RowStats(scale, mean, inv, bad)
 
 
 class _RowBlocks:
     """Normalised row blocks of X; the current i-block is kept while the tiles of its row go by."""
 
-    def __init__(self, X: Tensor, stats: _RowStats, dtype: torch.dtype, shift_only: bool = False):
-        self.X, self.stats, self.dtype, self.shift_only = X, stats, dtype, shift_only
+    def __init__(self, X: Tensor, stats: _RowStats, dtype: torch.dtype):
+        self.X, self.stats, self.dtype = X, stats, dtype
         self._key, self._block = None, None
 
     def make(self, lo: int, hi: int) -> Tensor:
-        """Rows lo:hi normalised (or only shifted by their mean), on X's device."""
-        f = self.stats.shifted if self.shift_only else self.stats.normalised
-        return f(self.X, lo, hi, self.dtype, self.X.device)
+        """Rows lo:hi normalised, on X's device."""
+        return self.stats.normalised(self.X, lo, hi, self.dtype, self.X.device)
 
     def get(self, lo: int, hi: int) -> Tensor:
         if self._key != (lo, hi):
@@ -217,20 +252,18 @@ def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = Non
         out: ``"condensed"`` (N(N-1)/2 entries, scipy squareform order), ``"square"`` (N x N, zero
             diagonal), or a path ending in ``.npy``: the condensed RDM written blockwise to a memory-mapped
             file, complete or absent (written under a temporary name, then renamed).
-        block: tile size (rows per GEMM block); default about N / 8, between 256 and 1024.
+        block: tile size (rows per GEMM block), a positive int; default about N / 8, between 256 and 1024.
         device: where the GEMMs run (default: X's device).
         progress: tqdm bar over tiles.
     Returns:
         float32 tensor (float64 when X is float64), or the path of the written ``.npy``. Pairs with a
-        zero-variance row are NaN (a ZeroVarianceWarning counts the rows).
+        zero-variance row are NaN (a ZeroVarianceWarning counts the rows). NaN or inf in X is an error.
     """
     X = _as_features(X)
     device = torch.device(device) if device is not None else X.device
     dtype = _compute_dtype(X)
     n = X.shape[0]
-    block = int(block or _default_block(n))
-    if block < 1:
-        raise ValueError(f"block must be a positive int, got {block}")
+    block = optional_positive_int(block, "block") or _default_block(n)
     stats = _row_stats(X)
     to_file = not (isinstance(out, str) and out in ("condensed", "square"))
     if to_file and not str(out).endswith(".npy"):
@@ -252,11 +285,25 @@ def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = Non
 
 
 def _triton_operands(X: Tensor, stats: _RowStats, dtype, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """X (row-major, unit column stride) with its row means, inverse norms and zero-variance flags on device."""
-    x = X.to(device=device, dtype=dtype)
-    x = x if x.stride(1) == 1 else x.contiguous()
-    return (x, stats.mean.to(device=device, dtype=dtype), stats.inv_norm.to(device=device, dtype=dtype),
-            stats.bad.to(device=device, dtype=torch.uint8))
+    """X (row-major, unit column stride) with its row means, inverse norms and zero-variance flags on device.
+
+    The kernels centre and multiply rows as they are, in ``dtype``; when a row's size could over- or
+    underflow there, they get the normalised rows instead (a copy), with means 0 and inverse norms 1.
+    """
+    bad = stats.bad.to(device=device, dtype=torch.uint8)
+    good = ~stats.bad
+    sizes = torch.cat([stats.scale[good], stats.scale[good] / stats.inv_norm[good]])  # max |x|, centred norm
+    limit = torch.finfo(dtype).max ** 0.25  # squares and Gram sums of sizes within [1/limit, limit] are safe
+    if bool(((sizes >= 1 / limit) & (sizes <= limit)).all()):
+        x = X.to(device=device, dtype=dtype)
+        x = x if x.stride(1) == 1 else x.contiguous()
+        return (x, (stats.mean * stats.scale).to(device=device, dtype=dtype),
+                (stats.inv_norm / stats.scale).to(device=device, dtype=dtype), bad)
+    x = torch.empty(X.shape, dtype=dtype, device=device)
+    for lo, hi in _row_chunks(*X.shape):
+        x[lo:hi] = stats.normalised(X, lo, hi, dtype, device)
+    n = X.shape[0]
+    return x, torch.zeros(n, dtype=dtype, device=device), torch.ones(n, dtype=dtype, device=device), bad
 
 
 def _fill_rdm(X: Tensor, result: Tensor, stats: _RowStats, dtype, block: int, device, progress: bool,
@@ -355,7 +402,8 @@ def compare_rdms(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "diss
     """Compare two RDMs over their upper triangles, skipping pairs that are NaN in either.
 
     Args:
-        a, b: condensed vectors or square (symmetric) matrices, tensors or numpy arrays, same N.
+        a, b: condensed vectors or square (symmetric) matrices, tensors or numpy arrays, same N; NaN marks
+            a missing pair (skipped), inf is an error.
         method: ``"pearson"``; ``"r2"`` (the squared Pearson correlation); ``"spearman"`` (Pearson of ranks,
             ties averaged, as scipy.stats.spearmanr: the second-order isomorphism measure); ``"kendall_tau_a"``
             (tau-a: (concordant - discordant) / all pairs, as rsatoolbox's 'tau-a'); ``"cosine"`` (cosine of
@@ -404,14 +452,15 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
     """Pearson (or ``"r2"``) between the RDM of X and the RDM of Y without materialising either.
 
     Args:
-        X: (N, D_A) features.
-        Y: (N, D_B) features, or an RDM of the same N items (condensed vector or square dissimilarity
-            matrix; NaN pairs skipped).
+        X: (N, D_A) features, finite.
+        Y: (N, D_B) features, finite, or an RDM of the same N items (condensed vector or square
+            dissimilarity matrix; NaN pairs skipped, inf is an error).
         y_kind: ``"features"``, ``"rdm"``, or ``"auto"`` (1-D, or square symmetric with zero diagonal,
             is an RDM; anything else features).
         path: ``"features"`` (both features only: the exact feature-space identity, O(N (D_A + D_B)^2)
             time and O((D_A + D_B)^2) memory, no N^2 term), ``"tiled"`` (O(N^2 (D_A + D_B)) time, memory
             bounded by tiles), or ``"auto"``: the feature path when D_A + D_B < N / 2.
+        block: tile size of the tiled path, a positive int (default as for :func:`rdm`).
     Returns:
         A :class:`Comparison`; ``.path`` says which path ran. Pairs with a zero-variance row (in X or Y)
         are skipped.
@@ -422,6 +471,7 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
         raise ValueError(f"y_kind must be 'auto', 'features' or 'rdm', got {y_kind!r}")
     if path not in ("auto", "features", "tiled"):
         raise ValueError(f"path must be 'auto', 'features' or 'tiled', got {path!r}")
+    block = optional_positive_int(block, "block")
     X = _as_features(X)
     n = X.shape[0]
     Yt = _as_tensor(Y, "Y")
@@ -430,8 +480,8 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
         if path == "features":
             raise ValueError("path='features' needs Y as features, but Y is an RDM")
         ref = as_condensed(Yt, "Y")
-        if n_items(ref.numel()) != n:
-            raise ValueError(f"X has {n} items but the RDM Y has {n_items(ref.numel())}")
+        if n_items(ref.numel(), "Y") != n:
+            raise ValueError(f"X has {n} items but the RDM Y has {n_items(ref.numel(), 'Y')}")
         m = _tiled_moments(X, None, ref, block, progress)
         chosen = "tiled"
     else:
@@ -505,7 +555,7 @@ def _tiled_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, block: int |
     s = torch.zeros(n, dtype=torch.float64, device=dev)
     q = (~bad).double().to(dev)  # v = q - s^2/k: 1 for valid rows, 0 for the others
     ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
-    tiles = _tiles(n, int(block or _default_block(n)))[rank::world]
+    tiles = _tiles(n, block or _default_block(n))[rank::world]
     total = torch.zeros(6, dtype=torch.float64)
     rows = _RowBlocks(X, sx, dtype), _RowBlocks(Y, sy, dtype) if Y is not None else None
     with _progress(len(tiles), progress, "RDM similarity") as bar:
@@ -574,17 +624,15 @@ class InsertionCurve:
 def _poz_vector(poz: Any, d: int) -> np.ndarray:
     if hasattr(poz, "apoz"):
         poz = poz.apoz
-    p = _as_tensor(poz, "poz").double().flatten().cpu().numpy()
-    if p.shape[0] != d:
-        raise ValueError(f"poz must have one value per feature: X has {d} features, poz has {p.shape[0]}")
-    if np.isnan(p).any():
-        raise ValueError("poz contains NaN")
-    return p
+    p = _as_tensor(poz, "poz").double().cpu()
+    if p.dim() != 1 or p.shape[0] != d:
+        raise ValueError(f"poz must have one value per feature: X has {d} features, poz has shape {tuple(p.shape)}")
+    if not bool(torch.isfinite(p).all()):
+        raise ValueError("poz contains NaN or inf; PoZ values must be finite")
+    return p.numpy()
 
 
 def _step_counts(d: int, steps: int) -> list[int]:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
     return sorted({max(1, round(d * s / steps)) for s in range(1, steps + 1)})
 
 
@@ -593,14 +641,15 @@ def insertion_curve(X: Any, poz: Any, *, order: str = "low_to_high", steps: int 
     """Insert features in PoZ order and compare each partial-feature RDM with a reference RDM.
 
     Args:
-        X: (N, D) features (e.g. a layer's activations over N items).
-        poz: per-feature PoZ, [D] (an array, or a LayerAPoZ from an APoZ report).
+        X: (N, D) features, finite (e.g. a layer's activations over N items).
+        poz: per-feature PoZ, finite, [D] (an array, or a LayerAPoZ from an APoZ report).
         order: ``"low_to_high"`` or ``"high_to_low"`` PoZ (ties keep feature order). A removal curve
             ("remove high to low PoZ") is the insertion curve ``low_to_high`` read from the end.
-        steps: number of steps; step s holds round(s * D / steps) features.
-        reference: an RDM of the same N items (condensed or square; NaN pairs skipped), e.g. human
-            similarity judgments; default the full-feature RDM of X.
+        steps: number of steps, a positive int; step s holds round(s * D / steps) features.
+        reference: an RDM of the same N items (condensed or square; NaN pairs skipped, inf is an error),
+            e.g. human similarity judgments; default the full-feature RDM of X.
         method: ``"r2"`` (squared Pearson of the upper triangles), ``"pearson"`` or ``"spearman"``.
+        block: tile size of the Pearson curves, a positive int (default 1024).
     The Pearson-based curves keep a running Gram block, row sums and squared sums per tile, and a native
     kernel turns them into r and float64 pair sums after each step: the whole curve costs about two RDMs.
     Spearman curves materialise the condensed partial RDM at each step (ranks need all pairs), in float64
@@ -610,22 +659,23 @@ def insertion_curve(X: Any, poz: Any, *, order: str = "low_to_high", steps: int 
         raise ValueError(f"order must be 'low_to_high' or 'high_to_low', got {order!r}")
     if method not in ("r2", "pearson", "spearman"):
         raise ValueError(f"method must be 'r2', 'pearson' or 'spearman', got {method!r}")
+    steps = positive_int(steps, "steps")
+    block = optional_positive_int(block, "block")
     X = _as_features(X)
     n, d = X.shape
     p = _poz_vector(poz, d)
-    perm = np.argsort(p if order == "low_to_high" else -p, kind="stable")
+    perm = torch.from_numpy(np.argsort(p if order == "low_to_high" else -p, kind="stable"))
     counts = _step_counts(d, steps)
     ref = None
     if reference is not None:
         ref = as_condensed(reference, "reference")
-        if n_items(ref.numel()) != n:
-            raise ValueError(f"X has {n} items but the reference RDM has {n_items(ref.numel())}")
+        if n_items(ref.numel(), "reference") != n:
+            raise ValueError(f"X has {n} items but the reference RDM has {n_items(ref.numel(), 'reference')}")
     ref_name = "given RDM" if ref is not None else "full-feature RDM"
-    Xp = X[:, torch.from_numpy(perm)]
     if method == "spearman":
-        values, pairs = _spearman_curve(Xp, counts, ref if ref is not None else rdm(X).double(), progress)
+        values, pairs = _spearman_curve(X[:, perm], counts, ref if ref is not None else rdm(X).double(), progress)
     else:
-        moments = _pearson_curve(Xp, counts, ref, block, progress)
+        moments = _pearson_curve(X, perm, counts, ref, block, progress)
         values, pairs = [], []
         for m in moments:
             r = _pearson_from_moments(m)
@@ -650,57 +700,62 @@ def _spearman_curve(Xp: Tensor, counts: list[int], ref: Tensor, progress: bool) 
     return values, pairs
 
 
-def _pearson_curve(Xp: Tensor, counts: list[int], ref: Tensor | None, block: int | None,
+def _prefix_sums(v: Tensor, bounds: list[int]) -> Tensor:
+    """[steps, rows]: the row sums of v's first bounds[s + 1] columns, for every step s."""
+    parts = torch.stack([v[:, a:b].sum(1) for a, b in zip(bounds, bounds[1:])], 1)
+    return parts.cumsum(1).T
+
+
+def _pearson_curve(X: Tensor, perm: Tensor, counts: list[int], ref: Tensor | None, block: int | None,
                    progress: bool) -> Tensor:
-    """Pair moments [steps, 6] by running Gram updates per tile (BRIEF: rank-b updates, one pass per step)."""
-    n, d = Xp.shape
-    dtype = _compute_dtype(Xp)
-    stats = _row_stats(Xp, warn=ref is None)
-    # Shift every row by its full-feature mean: Pearson is unchanged, the one-pass formula stops cancelling.
+    """Pair moments [steps, 6] by running Gram updates per tile: a rank-b update per step, one pass."""
+    n, d = X.shape
+    dtype = _compute_dtype(X)
+    dev = X.device
+    stats = _row_stats(X, warn=ref is None)
+    # Work on the rows normalised over all features, in insertion order: Pearson over every feature prefix
+    # is unchanged (a per-row shift and scale), the one-pass formula stops cancelling and nothing overflows.
+    Z = torch.empty((n, d), dtype=dtype, device=dev)
     bounds = [0, *counts]
-    s_steps = torch.empty(len(counts), n, dtype=torch.float64)  # [step, row]: running row sums
-    q_steps = torch.empty(len(counts), n, dtype=torch.float64)  # and sums of squares
+    k = torch.tensor(counts, dtype=torch.float64, device=dev)[:, None]
+    s_steps = torch.empty(len(counts), n, dtype=torch.float64, device=dev)  # [step, row]: running row sums
+    q_steps = torch.empty(len(counts), n, dtype=torch.float64, device=dev)  # and sums of squares
+    perm = perm.to(dev)
     for lo, hi in _row_chunks(n, d):
-        rows = Xp[lo:hi].double() - stats.mean[lo:hi, None]
-        parts_s = torch.stack([rows[:, a:b].sum(1) for a, b in zip(bounds, bounds[1:])], 1)
-        parts_q = torch.stack([(rows[:, a:b] ** 2).sum(1) for a, b in zip(bounds, bounds[1:])], 1)
-        s_steps[:, lo:hi] = parts_s.cumsum(1).T
-        q_steps[:, lo:hi] = parts_q.cumsum(1).T
+        rows = stats.scaled(X, lo, hi, dev)[:, perm]
+        sq = _prefix_sums((rows * stats.inv_norm[lo:hi, None].to(dev)) ** 2, bounds)  # in z's units
+        z = stats.normalise(rows, lo, hi)
+        Z[lo:hi] = z
+        s, q = _prefix_sums(z, bounds), _prefix_sums(z * z, bounds)
+        # A prefix that is constant up to rounding has no pairs at that step: zero sums give v = 0, skipped.
+        flat = _constant(q - s * s / k, sq, dtype)
+        s_steps[:, lo:hi] = s.masked_fill(flat, 0)
+        q_steps[:, lo:hi] = q.masked_fill(flat, 0)
     rank, world = _world()
-    dev = Xp.device
-    s_steps, q_steps = s_steps.to(dev), q_steps.to(dev)
+    bad = stats.bad.to(device=dev, dtype=torch.uint8)
     if select("insertion curve", dev, _TILE_BACKENDS) == "triton":  # every step of a tile in one program
         from pozfast.triton_kernels.rdm_tiles import curve_moments
 
-        x, mean, inv, bad = _triton_operands(Xp, stats, dtype, dev)
+        zeros, ones = torch.zeros(n, dtype=dtype, device=dev), torch.ones(n, dtype=dtype, device=dev)
         bounds_t = torch.tensor(counts, dtype=torch.int32, device=dev)
-        moments = curve_moments(x, mean, bounds_t, s_steps, q_steps, bad, _VAR_EPS,
+        moments = curve_moments(Z, zeros, bounds_t, s_steps, q_steps, bad, _ONE_PASS_EPS,
                                 ref=ref.to(device=dev, dtype=torch.float64) if ref is not None else None,
-                                full_mean=mean, full_inv=inv, rank=rank, world=world)
+                                full_mean=zeros, full_inv=ones, rank=rank, world=world)
         return _all_reduce(moments.cpu())
     ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
-    tiles = _tiles(n, int(block or CURVE_BLOCK))[rank::world]
+    tiles = _tiles(n, block or CURVE_BLOCK)[rank::world]
     moments = torch.zeros(len(counts), 6, dtype=torch.float64)
-    shifted = _RowBlocks(Xp, stats, dtype, shift_only=True)
-    normalised = _RowBlocks(Xp, stats, dtype)
     with _progress(len(tiles), progress, "insertion curve") as bar:
         for i0, i1, j0, j1 in tiles:
-            xi = shifted.get(i0, i1)
-            xj = xi if j0 == i0 else shifted.make(j0, j1)
-            if ref_t is None:
-                tile_ref = normalised.get(i0, i1) @ normalised.make(j0, j1).T
-                if bool(stats.bad[i0:i1].any() or stats.bad[j0:j1].any()):
-                    tile_ref[stats.bad[i0:i1].to(dev), :] = float("nan")
-                    tile_ref[:, stats.bad[j0:j1].to(dev)] = float("nan")
-                mode = REF_GRAM
-            else:
-                tile_ref, mode = ref_t, REF_CONDENSED
+            zi, zj = Z[i0:i1], Z[j0:j1]
+            # The full-feature RDM is Z's Gram; zero-variance rows have zero sums, so no pairs, at every step.
+            tile_ref, mode = (zi @ zj.T, REF_GRAM) if ref_t is None else (ref_t, REF_CONDENSED)
             gram = torch.zeros(i1 - i0, j1 - j0, dtype=dtype, device=dev)
             for step, (a, b) in enumerate(zip(bounds, bounds[1:])):
-                gram.addmm_(xi[:, a:b], xj[:, a:b].T)
+                gram.addmm_(zi[:, a:b], zj[:, a:b].T)
                 moments[step] += pair_moments(
                     gram, i0, j0, n, s_steps[step, i0:i1], q_steps[step, i0:i1], s_steps[step, j0:j1],
-                    q_steps[step, j0:j1], float(b), _VAR_EPS, tile_ref, mode)
+                    q_steps[step, j0:j1], float(b), _ONE_PASS_EPS, tile_ref, mode)
             bar.update()
     return _all_reduce(moments)
 

@@ -6,6 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.spatial.distance import pdist, squareform
 from scipy.stats import pearsonr, spearmanr
 
@@ -88,6 +90,102 @@ def test_zero_variance_rows_are_nan_with_a_warning():
     with pytest.warns(R.ZeroVarianceWarning):
         sq = R.rdm(x, out="square").numpy()
     assert np.isnan(sq[3]).all() and np.isnan(sq[:, 7]).all()
+
+
+EPS64 = np.finfo(np.float64).eps
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 8), d=st.integers(2, 12), seed=st.integers(0, 2**32 - 1),
+       mean_bound=st.sampled_from([0.0, 1.0, 1e3, 1e6]), log_spread=st.floats(-3, 3))
+def test_rdm_matches_scipy_for_large_means_and_small_spreads(n, d, seed, mean_bound, log_spread):
+    rng = np.random.default_rng(seed)
+    means = rng.uniform(-mean_bound, mean_bound, n)
+    spreads = 10.0 ** (log_spread + rng.uniform(-0.5, 0.5, n))
+    x = means[:, None] + spreads[:, None] * rng.standard_normal((n, d))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", R.ZeroVarianceWarning)  # a spread far above rounding is not constant
+        got = R.rdm(x).numpy()
+    # Rounding moves each centred row by about eps * max|x|, so r is known to eps * kappa, kappa being a
+    # row's max |x| over its rms spread: scipy and pozfast each stay within a few times that.
+    c = x - x.mean(1, keepdims=True)
+    kappa = np.abs(x).max(1) / np.sqrt((c * c).mean(1))
+    i, j = np.triu_indices(n, 1)
+    assert (np.abs(got - pdist(x, "correlation")) <= 4 * EPS64 * (kappa[i] + kappa[j]) + 1e-14).all()
+
+
+def test_huge_mean_with_unit_spread_is_not_zero_variance():
+    x = 1e5 + data("random", 6, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", R.ZeroVarianceWarning)
+        np.testing.assert_allclose(R.rdm(x).numpy(), pdist(x, "correlation"), rtol=0, atol=1e-9)
+
+
+def test_rows_constant_up_to_rounding_are_zero_variance():
+    x = data("random", 5, 10)
+    x[1] = 0.1
+    x[1, 3] = np.nextafter(0.1, 1)  # one ulp apart: rounding, not signal
+    x[2] = 3e5 + np.arange(10) * 1e-6  # a tiny spread on a huge value, still far above rounding
+    with pytest.warns(R.ZeroVarianceWarning, match="1 of 5 rows"):
+        d = squareform(R.rdm(x).numpy(), checks=False)
+    assert np.isnan(np.delete(d[1], 1)).all()
+    assert not np.isnan(np.delete(d[2], [1, 2])).any()
+    # The insertion curve's last step (all features) skips the same pairs as the RDM.
+    with pytest.warns(R.ZeroVarianceWarning):
+        curve = R.insertion_curve(x, np.linspace(0, 1, 10), steps=3, method="pearson")
+    assert curve.n_pairs[-1] == 6
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_float32_rows_at_the_ends_of_the_range(backend):
+    rng = np.random.default_rng(5)
+    huge = rng.choice([-3e38, 3e38], size=(7, 9)).astype(np.float32)  # squares overflow float32
+    huge[:, 0] = rng.uniform(-1e38, 1e38, 7)
+    tiny = (huge / 3e38 * 1e-30).astype(np.float32)  # squares underflow float32
+    y = rng.standard_normal((7, 4)).astype(np.float32)
+    poz = np.linspace(0, 1, 9)
+    for x in (huge, tiny):
+        ref = pdist(x.astype(np.float64), "correlation")
+        with pozfast.use_backend(backend):
+            got = R.rdm(torch.from_numpy(x))
+            sim = R.rdm_similarity(torch.from_numpy(x), y, path="tiled", block=4)
+            curve = R.insertion_curve(torch.from_numpy(x), poz, steps=3, method="pearson", block=4)
+        np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=2e-6)
+        assert sim.value == pytest.approx(pearsonr(ref, pdist(y, "correlation")).statistic, abs=1e-5)
+        want = naive_curve(x.astype(np.float64), poz, "low_to_high", 3, None, "pearson")
+        np.testing.assert_allclose(curve.values, [v for _, v, _ in want], rtol=0, atol=1e-5)
+    with pozfast.use_backend(backend):
+        square = R.rdm(torch.from_numpy(huge), out="square", block=4).numpy()
+    np.testing.assert_allclose(square, squareform(pdist(huge.astype(np.float64), "correlation")), rtol=0, atol=2e-6)
+
+
+def test_float64_rows_at_the_ends_of_the_range():
+    x = data("random", 6, 8)
+    for scale in (1e307, 1e-310):  # squares overflow / underflow even in float64
+        np.testing.assert_allclose(R.rdm(x * scale).numpy(), pdist(x, "correlation"), rtol=0, atol=1e-12)
+
+
+def test_inf_in_a_given_rdm_is_refused_where_nan_is_skipped():
+    x = data("random", 6, 4)
+    d = pdist(x, "correlation")
+    with_nan, with_inf = d.copy(), d.copy()
+    with_nan[2] = np.nan
+    with_inf[2] = np.inf
+    assert R.compare_rdms(with_nan, d).n_pairs == 14
+    assert R.rdm_similarity(x, with_nan).n_pairs == 14
+    assert R.insertion_curve(x, np.arange(4), steps=2, reference=with_nan).n_pairs[-1] == 14
+    for call in (lambda: R.compare_rdms(with_inf, d), lambda: R.compare_rdms(d, squareform(with_inf), "spearman"),
+                 lambda: R.rdm_similarity(x, with_inf), lambda: R.rdm_similarity(x, -with_inf, path="tiled"),
+                 lambda: R.insertion_curve(x, np.arange(4), reference=with_inf)):
+        with pytest.raises(ValueError, match="contains inf"):
+            call()
+
+
+def test_numpy_integers_are_accepted_where_ints_are_expected():
+    x = data("random", 9, 5)
+    np.testing.assert_array_equal(R.rdm(x, block=np.int64(4)).numpy(), R.rdm(x, block=4).numpy())
+    curve = R.insertion_curve(x, np.arange(5), steps=np.int32(2), block=np.int64(3))
+    assert curve.n_features == [2, 5]
 
 
 def test_int64_condensed_index_beyond_46341_items(tmp_path):
@@ -233,10 +331,10 @@ def test_streaming_against_a_given_rdm_with_nan_and_zero_variance():
         want = R.compare_rdms(R.rdm(x), human)
         got = R.rdm_similarity(x, human, block=9)
         got_square = R.rdm_similarity(x, squareform(np.nan_to_num(human)), block=9)
+        assert R.rdm_similarity(x, np.random.rand(40, 100)).path == "tiled"  # D_A + D_B >= N / 2
     assert got.path == "tiled" and got.n_pairs == want.n_pairs < 780
     assert got.value == pytest.approx(want.value, abs=1e-10)
     assert np.isfinite(got_square.value)
-    assert R.rdm_similarity(x, np.random.rand(40, 100)).path == "tiled"  # D_A + D_B >= N / 2
     assert R.rdm_similarity(np.random.rand(400, 5), np.random.rand(400, 6)).path == "features"
 
 

@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -173,6 +174,60 @@ def test_inplace_on_leaf_requiring_grad_is_refused_like_torch():
         pozfast.relu_count(torch.randn(3, 4, requires_grad=True), inplace=True)
     with pytest.raises(RuntimeError, match="out="):
         pozfast.relu_count(torch.randn(3, 4, requires_grad=True), out=torch.empty(3, 4))
+    x = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="out is a leaf Variable that requires grad"):
+        pozfast.relu_count(x, out=torch.empty(3, 4, requires_grad=True))
+    with pytest.raises(RuntimeError, match="out is a tensor that requires grad"):
+        pozfast.relu_count(x, out=torch.empty(3, 4, requires_grad=True) * 1)
+    with pytest.raises(RuntimeError):  # torch refuses the same
+        torch.clamp_min(x, 0, out=torch.empty(3, 4, requires_grad=True))
+    with torch.no_grad():  # without autograd, torch allows both, and so does relu_count
+        out = torch.empty(3, 4, requires_grad=True)
+        assert pozfast.relu_count(x, out=out)[0] is out and torch.equal(out, torch.relu(x))
+        leaf = torch.randn(3, 4, requires_grad=True)
+        want = torch.relu(leaf)
+        assert torch.equal(pozfast.relu_count(leaf, inplace=True)[0], want)
+
+
+def _overlapping_views():
+    flat = torch.randn(13)
+    grid = torch.randn(4, 7)
+    square = torch.randn(4, 4)
+    return {"dense": (flat[:12].view(3, 4), flat[1:].view(3, 4)),  # both dense: the native kernel's case
+            "strided": (grid[:, :-1], grid[:, 1:]),
+            "transposed": (square, square.T)}
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+@pytest.mark.parametrize("kind", ["dense", "strided", "transposed"])
+def test_out_overlapping_x_is_refused(backend, kind):
+    x, out = _overlapping_views()[kind]
+    before = x.clone()
+    with pozfast.use_backend(backend):
+        with pytest.raises(RuntimeError, match="out overlaps x"):
+            pozfast.relu_count(x, out=out)
+        with pytest.raises(RuntimeError, match="out overlaps x"):  # the registered op checks too
+            torch.ops.pozfast.relu_count_out(x, 1, out)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_out_sharing_storage_without_overlap_or_being_x(backend):
+    flat = torch.randn(24)
+    x, out = flat[:12].view(3, 4), flat[12:].view(3, 4)
+    want, zeros_want = relu_count_reference(x, 1)
+    with pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(x, out=out)
+        assert y is out and torch.equal(y, want) and torch.equal(zeros, zeros_want)
+        strided = torch.randn(3, 8)[:, ::2]
+        want, zeros_want = relu_count_reference(strided, 1)
+        y, zeros = pozfast.relu_count(strided, out=strided)  # out is x: the same as inplace=True
+        assert y is strided and torch.equal(y, want) and torch.equal(zeros, zeros_want)
+
+
+def test_numpy_integer_channel_dim():
+    x = torch.randn(2, 5, 3)
+    assert torch.equal(pozfast.relu_count(x, np.int64(-1))[1], pozfast.relu_count(x, -1)[1])
 
 
 def test_gradcheck():

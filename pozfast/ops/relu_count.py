@@ -15,6 +15,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from pozfast._native import native
 from pozfast.backends import select
+from pozfast.validate import integer
 
 _DTYPE_CODES = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 _SUPPORTED = ("cpu-native", "cuda-native", "triton", "torch")
@@ -29,10 +30,17 @@ def channel_axis(x: Tensor, channel_dim: int) -> int:
         raise TypeError(f"x must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
     if x.dim() < 2:
         raise ValueError(f"x must have at least 2 dims (batch and channel), got shape {tuple(x.shape)}")
-    if not isinstance(channel_dim, int) or not -x.dim() <= channel_dim < x.dim():
+    channel_dim = integer(channel_dim, "channel_dim")
+    if not -x.dim() <= channel_dim < x.dim():
         raise ValueError(f"channel_dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape "
                          f"{tuple(x.shape)}, got {channel_dim!r}")
     return channel_dim % x.dim()
+
+
+def _byte_span(t: Tensor) -> tuple[int, int]:
+    """The first and one-past-last byte addresses that t's elements can occupy (t not empty)."""
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    return t.data_ptr(), t.data_ptr() + (last + 1) * t.element_size()
 
 
 def memory_split(x: Tensor, axis: int) -> tuple[int, int, int] | None:
@@ -116,6 +124,12 @@ def _out(x: Tensor, channel_dim: int, out: Tensor, native_ok: bool) -> Tensor:
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} on "
                          f"{x.device}, out is {tuple(out.shape)} {out.dtype} on {out.device}")
+    same_view = out.data_ptr() == x.data_ptr() and out.stride() == x.stride()
+    if x.numel() and not same_view:
+        (x_lo, x_hi), (o_lo, o_hi) = _byte_span(x), _byte_span(out)
+        if x_lo < o_hi and o_lo < x_hi:  # a kernel would read elements of x it has already overwritten
+            raise RuntimeError("relu_count: out overlaps x in memory (two different views of one storage); "
+                               "pass a separate out tensor, or inplace=True to overwrite x")
     if out.stride() == x.stride() and memory_split(x, axis) is not None:
         return _into(x, out, axis, native_ok)
     y, zeros = _functional(x, axis, native_ok)
@@ -219,7 +233,9 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
             run natively without a copy; other strided inputs are copied once.
         channel_dim: the channel axis (negative counts from the end; -1 for (N, L, C)).
         inplace: overwrite x, like ``torch.relu_``; no extra allocation.
-        out: write y into this tensor (same shape, dtype and device as x) instead of a new one.
+        out: write y into this tensor (same shape, dtype and device as x) instead of a new one. It may be x
+            itself (same as ``inplace=True``) but not another view that overlaps x in memory, and, with
+            autograd enabled, neither x nor out may require grad (as for torch's ``out=`` functions).
 
     Returns:
         ``(y, zeros)``: y equals ``torch.relu(x)`` bit for bit (-0.0 passes through, and so does NaN with
@@ -227,9 +243,18 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
         int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
         (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
     """
-    channel_axis(x, channel_dim)  # clear errors before any dispatch
+    channel_dim = channel_axis(x, channel_dim)  # clear errors before any dispatch; a plain int for the op schema
     if inplace and out is not None:
         raise ValueError("relu_count: pass either inplace=True or out=, not both")
+    if out is not None:
+        if not isinstance(out, Tensor):
+            raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
+        if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+            # Like torch's out= functions: no autograd through out=, and no writing into a leaf that needs grad.
+            who = "x requires grad" if x.requires_grad else \
+                f"out is a {'leaf Variable' if out.is_leaf else 'tensor'} that requires grad"
+            raise RuntimeError(f"relu_count(out=...) does not support autograd ({who}); call it without out= "
+                               f"or under torch.no_grad()")
     if _eager_plain(x, out):
         # The registered op costs tens of microseconds of dispatch per call, as much as the kernel on
         # small activations; plain tensors outside tracing and autograd need none of what it adds.
@@ -248,8 +273,5 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
             return _InplaceWithGrad.apply(x, channel_dim)
         return x, torch.ops.pozfast.relu_count_(x, channel_dim)
     if out is not None:
-        if needs_grad:
-            raise RuntimeError("relu_count(out=...) does not support autograd (x requires grad); "
-                               "call it without out= or under torch.no_grad()")
         return out, torch.ops.pozfast.relu_count_out(x, channel_dim, out)
     return torch.ops.pozfast.relu_count(x, channel_dim)
