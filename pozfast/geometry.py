@@ -143,9 +143,22 @@ class _RowStats:
         ops cost a tenth of new temporaries); zero-variance rows become 0."""
         return rows.sub_(self.mean[lo:hi, None].to(rows.device)).mul_(self.inv_norm[lo:hi, None].to(rows.device))
 
+    sizes: tuple[float, float]  # the smallest and largest max |x| or centred norm over the valid rows
+
+    def safe_in(self, dtype: torch.dtype) -> bool:
+        """Whether every valid row's max |x| and centred norm lie where squares and Gram sums in ``dtype``
+        neither over- nor underflow, so that rows can be centred and scaled in ``dtype`` directly."""
+        limit = torch.finfo(dtype).max ** 0.25
+        return 1 / limit <= self.sizes[0] and self.sizes[1] <= limit
+
     def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
-        """Rows lo:hi centred and scaled to unit norm in float64 (no overflow), returned in ``dtype``."""
-        return self.normalise(self.scaled(X, lo, hi, device), lo, hi).to(dtype)
+        """Rows lo:hi centred and scaled to unit norm, returned in ``dtype``: computed in ``dtype`` when the
+        rows are safe there (:meth:`safe_in`), else in float64 over the rows' scales."""
+        if dtype == torch.float64 or not self.safe_in(dtype):
+            return self.normalise(self.scaled(X, lo, hi, device), lo, hi).to(dtype)
+        mean = (self.mean[lo:hi] * self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
+        inv = (self.inv_norm[lo:hi] / self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
+        return X[lo:hi].to(device=device, dtype=dtype).sub(mean).mul_(inv)
 
 
 def _row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
@@ -188,7 +201,9 @@ def _row_stats(X: Tensor, warn: bool = True, name: str = "X") -> _RowStats:
     if warn and bool(bad.any()):
         warnings.warn(f"{int(bad.sum())} of {n} rows have zero variance: their pairs are NaN in the RDM and "
                       f"skipped in comparisons", ZeroVarianceWarning, stacklevel=3)
-    return _RowStats(scale, mean, inv, bad)
+    good = ~bad
+    sizes = torch.cat([scale[good], scale[good] / inv[good]])
+    return _RowStats(scale, mean, inv, bad, (float(sizes.min()), float(sizes.max())) if sizes.numel() else (1.0, 1.0))
 
 
 class _RowBlocks:
@@ -291,10 +306,7 @@ def _triton_operands(X: Tensor, stats: _RowStats, dtype, device) -> tuple[Tensor
     underflow there, they get the normalised rows instead (a copy), with means 0 and inverse norms 1.
     """
     bad = stats.bad.to(device=device, dtype=torch.uint8)
-    good = ~stats.bad
-    sizes = torch.cat([stats.scale[good], stats.scale[good] / stats.inv_norm[good]])  # max |x|, centred norm
-    limit = torch.finfo(dtype).max ** 0.25  # squares and Gram sums of sizes within [1/limit, limit] are safe
-    if bool(((sizes >= 1 / limit) & (sizes <= limit)).all()):
+    if stats.safe_in(dtype):
         x = X.to(device=device, dtype=dtype)
         x = x if x.stride(1) == 1 else x.contiguous()
         return (x, (stats.mean * stats.scale).to(device=device, dtype=dtype),
