@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from pozfast._io import atomic_write, atomic_write_text
+from pozfast._io import atomic_write_text
+from pozfast.plotting import pyplot, save_figure
 
 FORMAT = "pozfast-apoz"
 VERSION = 2
@@ -136,40 +137,22 @@ class APoZReport:
 
     def plot_histogram(self, key: str, path: str | os.PathLike, bins: int = 50) -> Path:
         """PNG histogram of one layer's APoZ over its channels (like the paper's FC6 figure)."""
-        plt = _pyplot()
+        plt = pyplot()
         e = self[key]
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         ax.hist(e.apoz.numpy() * 100, bins=bins, range=(0, 100), color="#3b6ea8", edgecolor="white")
         ax.set_xlabel("APoZ (%)")
         ax.set_ylabel("channels")
         ax.set_title(f"{key}: {e.channels} channels, {e.examples} examples")
-        return _save_figure(fig, path)
+        return save_figure(fig, path)
 
     def plot_overview(self, path: str | os.PathLike) -> Path:
         """PNG of every layer's APoZ distribution (box per layer, mean marked), in forward order."""
-        plt = _pyplot()
+        plt = pyplot()
         fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(self) + 2), 4.5), dpi=110)
         ax.boxplot([e.apoz.numpy() * 100 for e in self], showmeans=True, whis=(0, 100))
         ax.set_xticks(range(1, len(self) + 1), self.layers, rotation=60, ha="right", fontsize=8)
         ax.set_ylabel("APoZ per channel (%)")
         ax.set_ylim(-2, 102)
         ax.set_title("APoZ by layer (box: quartiles, whiskers: min/max, triangle: mean)")
-        return _save_figure(fig, path)
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("plots need matplotlib: pip install 'pozfast[plots]'") from exc
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save_figure(fig, path: str | os.PathLike) -> Path:
-    fig.tight_layout()
-    out = atomic_write(path, lambda f: fig.savefig(f, format="png"))
-    _pyplot().close(fig)
-    return out
+        return save_figure(fig, path)

@@ -13,7 +13,9 @@ from scipy.stats import pearsonr, spearmanr
 
 import pozfast
 from pozfast import geometry as R
-from pozfast.ops.rdm_tiles import pack_condensed, pair_moments, REF_CONDENSED, REF_GRAM, REF_DISSIMILARITY
+from pozfast.curves import _step_counts
+from pozfast.ops import rdm_tiles
+from pozfast.ops.rdm_tiles import RefMode, pack_condensed, pair_moments
 from tests.conftest import available_backends
 
 
@@ -52,7 +54,7 @@ def test_file_output_equals_memory_and_is_atomic(tmp_path, monkeypatch):
     np.testing.assert_array_equal(np.load(path), R.rdm(x, block=8).numpy())
 
     calls = {"n": 0}
-    real = R.pack_condensed
+    real = rdm_tiles.pack_condensed
 
     def failing(*args):
         calls["n"] += 1
@@ -60,7 +62,7 @@ def test_file_output_equals_memory_and_is_atomic(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real(*args)
 
-    monkeypatch.setattr(R, "pack_condensed", failing)
+    monkeypatch.setattr(rdm_tiles, "pack_condensed", failing)
     with pytest.raises(KeyboardInterrupt):
         R.rdm(x, out=str(tmp_path / "e.npy"), block=8)
     assert not (tmp_path / "e.npy").exists()
@@ -228,8 +230,8 @@ def test_tile_kernels_match_torch(backend, dtype):
     q_r[2] = s_r[2] ** 2 / 4  # zero variance: skipped
     cond = torch.from_numpy(rng.random(n * (n - 1) // 2)).to(dtype)
     cond[::7] = float("nan")
-    for ref, mode in [(tile.flip(0).contiguous(), REF_DISSIMILARITY), (tile.flip(1).contiguous(), REF_GRAM),
-                      (cond, REF_CONDENSED)]:
+    for ref, mode in [(tile.flip(0).contiguous(), RefMode.DISSIMILARITY), (tile.flip(1).contiguous(), RefMode.GRAM),
+                      (cond, RefMode.CONDENSED)]:
         with pozfast.use_backend("torch"):
             want = pair_moments(tile, i0, j0, n, s_r, q_r, s_c, q_c, 4.0, 1e-10, ref, mode)
         with pozfast.use_backend(backend):
@@ -342,7 +344,7 @@ def naive_curve(x, poz, order, steps, reference, method):
     perm = np.argsort(poz if order == "low_to_high" else -poz, kind="stable")
     ref = pdist(x, "correlation") if reference is None else reference
     out = []
-    for k in R._step_counts(x.shape[1], steps):
+    for k in _step_counts(x.shape[1], steps):
         with np.errstate(all="ignore"):
             d = pdist(x[:, perm[:k]], "correlation")
         keep = ~(np.isnan(d) | np.isnan(ref))

@@ -1,21 +1,37 @@
-"""RDM tile epilogues: condensed packing and fused Pearson pair sums over a Gram tile.
+"""RDM tiles: the tile drivers of the RDM, similarity and insertion-curve paths, and their epilogues.
 
-Native kernels in csrc/rdm_tiles_cpu.cpp (CPU tensors) and csrc/rdm_tiles_cuda.cu (CUDA tensors, on the
-current stream); plain torch elsewhere, as the reference, and when ``torch`` is forced. (The Triton path
-fuses these epilogues into its own tile kernels: triton_kernels/rdm_tiles.py.) Internal ops of :mod:`pozfast.geometry`, called from Python drivers (not
-registered with torch.library: they write into caller-owned buffers, e.g. a memory-mapped .npy file).
+Each driver (:func:`fill_rdm`, :func:`similarity_moments`, :func:`curve_moments`) picks its backend here:
+Triton runs the whole job as fused tile kernels (triton_kernels/rdm_tiles.py); otherwise GEMM tiles run in
+torch (BLAS, cuBLAS) and their epilogues (:func:`pack_condensed`, :func:`pair_moments`) run in the native
+kernels, csrc/rdm_tiles_cpu.cpp on CPU tensors and csrc/rdm_tiles_cuda.cu on CUDA tensors (on the current
+stream), or in plain torch, the reference, when ``torch`` is forced. Internal ops of the geometry modules,
+not registered with torch.library: they write into caller-owned buffers (e.g. a memory-mapped .npy file).
 """
 
 from __future__ import annotations
+
+import enum
 
 import torch
 from torch import Tensor
 
 from pozfast._native import native
 from pozfast.backends import select
+from pozfast.distributed import all_reduce_sum, world
+from pozfast.rows import RowBlocks, RowStats, default_block, progress_bar, row_chunks, tiles
 
 _SUPPORTED = ("cpu-native", "cuda-native", "torch")
-REF_DISSIMILARITY, REF_GRAM, REF_CONDENSED = 0, 1, 2
+TILE_BACKENDS = ("cpu-native", "cuda-native", "triton", "torch")
+CURVE_BLOCK = 1024
+ONE_PASS_EPS = 1e-10  # v = q - s^2/k below this share of q is cancellation noise: that row is skipped
+
+
+class RefMode(enum.IntEnum):
+    """What ``pair_moments`` compares against (the same values in csrc/rdm_tiles.h)."""
+
+    DISSIMILARITY = 0  # a dissimilarity tile
+    GRAM = 1  # a Gram tile of normalised rows: y = 1 - tile
+    CONDENSED = 2  # the condensed vector of the whole reference RDM
 
 
 def condensed_index(i: Tensor, j: Tensor, n: int) -> Tensor:
@@ -63,19 +79,18 @@ def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Ten
 
 
 def pair_moments(gram: Tensor, i0: int, j0: int, n: int, s_rows: Tensor, q_rows: Tensor, s_cols: Tensor,
-                 q_cols: Tensor, k: float, eps: float, ref: Tensor, ref_mode: int) -> Tensor:
+                 q_cols: Tensor, k: float, eps: float, ref: Tensor, ref_mode: RefMode) -> Tensor:
     """float64 [6]: n, sum x, sum y, sum x^2, sum y^2, sum xy over the tile's pairs j > i.
 
     x = 1 - r with r = (G - s_i s_j / k) / sqrt(v_i v_j), v = q - s^2/k (rows with v <= eps * q skipped);
-    y from ``ref``: a dissimilarity tile (REF_DISSIMILARITY), 1 - a Gram tile (REF_GRAM), or the
-    condensed vector of the whole RDM (REF_CONDENSED). Pairs with NaN y are skipped.
+    y from ``ref`` as ``ref_mode`` says (:class:`RefMode`). Pairs with NaN y are skipped.
     """
     rows, cols = gram.shape
     backend = _native(gram, ref)
     if backend is not None:
         args = (gram.data_ptr(), gram.stride(0), rows, cols, i0, j0, n, s_rows.data_ptr(), q_rows.data_ptr(),
                 s_cols.data_ptr(), q_cols.data_ptr(), float(k), float(eps), ref.data_ptr(),
-                ref.stride(0) if ref_mode != REF_CONDENSED else 0, ref_mode, gram.dtype == torch.float64)
+                ref.stride(0) if ref_mode != RefMode.CONDENSED else 0, int(ref_mode), gram.dtype == torch.float64)
         if backend == "cuda-native":
             scratch = torch.empty(2 * (rows + cols), dtype=torch.float64, device=gram.device)
             sums = torch.zeros(6, dtype=torch.float64, device=gram.device)
@@ -93,11 +108,144 @@ def pair_moments(gram: Tensor, i0: int, j0: int, n: int, s_rows: Tensor, q_rows:
     mr, ir, okr = prep(s_rows, q_rows)
     mc, ic, okc = prep(s_cols, q_cols)
     x = 1 - (gram.double() - mr[:, None] * mc[None, :]) * ir[:, None] * ic[None, :]
-    if ref_mode == REF_CONDENSED:
+    if ref_mode == RefMode.CONDENSED:
         y = torch.full((rows, cols), float("nan"), dtype=torch.float64, device=gram.device)
         y[upper] = ref[condensed_index(i, j, n).expand(rows, cols)[upper]].double()
     else:
-        y = ref.double() if ref_mode == REF_DISSIMILARITY else 1 - ref.double()
+        y = ref.double() if ref_mode == RefMode.DISSIMILARITY else 1 - ref.double()
     ok = upper & okr[:, None] & okc[None, :] & ~torch.isnan(y)
     x, y = x[ok], y[ok]
     return torch.stack([ok.sum().double(), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]).cpu()
+
+
+# --- tile drivers -----------------------------------------------------------------------------------
+
+def triton_operands(X: Tensor, stats: RowStats, dtype, device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """X (row-major, unit column stride) with its row means, inverse norms and zero-variance flags on device.
+
+    The kernels centre and multiply rows as they are, in ``dtype``; when a row's size could over- or
+    underflow there, they get the normalised rows instead (a copy), with means 0 and inverse norms 1.
+    """
+    bad = stats.bad.to(device=device, dtype=torch.uint8)
+    if stats.safe_in(dtype):
+        x = X.to(device=device, dtype=dtype)
+        x = x if x.stride(1) == 1 else x.contiguous()
+        return (x, (stats.mean * stats.scale).to(device=device, dtype=dtype),
+                (stats.inv_norm / stats.scale).to(device=device, dtype=dtype), bad)
+    x = torch.empty(X.shape, dtype=dtype, device=device)
+    for lo, hi in row_chunks(*X.shape):
+        x[lo:hi] = stats.normalised(X, lo, hi, dtype, device)
+    n = X.shape[0]
+    return x, torch.zeros(n, dtype=dtype, device=device), torch.ones(n, dtype=dtype, device=device), bad
+
+
+def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, device, progress: bool) -> None:
+    """Write the RDM of X into ``result``: condensed [N(N-1)/2] or square [N, N], on ``device``."""
+    n = X.shape[0]
+    square = result.dim() == 2
+    if not square and result.device == device and select("rdm", device, TILE_BACKENDS) == "triton":
+        from pozfast.triton_kernels.rdm_tiles import condensed_rdm  # one fused kernel: GEMM tiles + packing
+
+        condensed_rdm(*triton_operands(X, stats, dtype, device), result)
+        return
+    bad = stats.bad.to(device=device, dtype=torch.uint8)
+    with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
+        for i0 in range(0, n, block):
+            i1 = min(i0 + block, n)
+            zi = stats.normalised(X, i0, i1, dtype, device)
+            for j0 in range(i0, n, block):
+                j1 = min(j0 + block, n)
+                zj = zi if j0 == i0 else stats.normalised(X, j0, j1, dtype, device)
+                tile = zi @ zj.T
+                if square:
+                    d = 1 - tile
+                    result[i0:i1, j0:j1] = d
+                    result[j0:j1, i0:i1] = d.T
+                else:
+                    pack_condensed(tile, i0, j0, n, bad, result)
+                bar.update()
+    if square:
+        result.fill_diagonal_(0)
+        if bool(stats.bad.any()):
+            b = stats.bad.to(device)
+            result[b, :] = float("nan")
+            result[:, b] = float("nan")
+
+
+def similarity_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, sx: RowStats, sy: RowStats | None,
+                       dtype, block: int | None, progress: bool) -> Tensor:
+    """float64 [6]: pair moments of x = 1 - r^X and y (1 - r^Y of features Y, or the condensed RDM
+    ``ref``) over the upper triangle, tiles split across ranks and summed."""
+    n = X.shape[0]
+    dev = X.device
+    bad = sx.bad | (sy.bad if sy is not None else torch.zeros_like(sx.bad))  # X's or Y's zero-variance rows
+    rank, size = world()
+    if select("rdm similarity", dev, TILE_BACKENDS) == "triton":  # GEMM tiles and sums in one kernel
+        from pozfast.triton_kernels import rdm_tiles
+
+        x, mean, inv, _ = triton_operands(X, sx, dtype, dev)
+        bad_dev = bad.to(device=dev, dtype=torch.uint8)
+        if Y is not None:
+            y, y_mean, y_inv, _ = triton_operands(Y, sy, dtype, dev)
+            m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, y=y, y_mean=y_mean, y_inv=y_inv, rank=rank, world=size)
+        else:
+            m = rdm_tiles.pair_moments(x, mean, inv, bad_dev, ref=ref.to(device=dev, dtype=dtype), rank=rank,
+                                       world=size)
+        return all_reduce_sum(m.cpu())
+    s = torch.zeros(n, dtype=torch.float64, device=dev)
+    q = (~bad).double().to(dev)  # v = q - s^2/k: 1 for valid rows, 0 for the others
+    ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
+    mine = tiles(n, block or default_block(n))[rank::size]
+    total = torch.zeros(6, dtype=torch.float64)
+    rows = RowBlocks(X, sx, dtype), RowBlocks(Y, sy, dtype) if Y is not None else None
+    with progress_bar(len(mine), progress, "RDM similarity") as bar:
+        for i0, i1, j0, j1 in mine:
+            gram = rows[0].get(i0, i1) @ rows[0].make(j0, j1).T
+            if Y is None:
+                tile_ref, mode = ref_t, RefMode.CONDENSED
+            else:
+                tile_ref, mode = rows[1].get(i0, i1) @ rows[1].make(j0, j1).T, RefMode.GRAM
+            total += pair_moments(gram, i0, j0, n, s[i0:i1], q[i0:i1], s[j0:j1], q[j0:j1], 1.0, 0.0,
+                                  tile_ref, mode)
+            bar.update()
+    return all_reduce_sum(total)
+
+
+def curve_moments(Z: Tensor, counts: list[int], s_steps: Tensor, q_steps: Tensor, bad: Tensor, ref: Tensor | None,
+                  block: int | None, progress: bool) -> Tensor:
+    """float64 [steps, 6]: pair moments of every step of an insertion curve.
+
+    Z: (N, D) normalised rows in insertion order; step s holds its first ``counts[s]`` columns, with row
+    sums ``s_steps[s]`` and squared sums ``q_steps[s]`` (zero for rows without pairs at that step). The
+    reference is Z's own Gram (the full-feature RDM) or the condensed RDM ``ref``. Per tile, a running Gram
+    block gets a rank-b update per step; tiles are split across ranks and summed.
+    """
+    n = Z.shape[0]
+    dev, dtype = Z.device, Z.dtype
+    rank, size = world()
+    if select("insertion curve", dev, TILE_BACKENDS) == "triton":  # every step of a tile in one program
+        from pozfast.triton_kernels.rdm_tiles import curve_moments as triton_curve
+
+        zeros, ones = torch.zeros(n, dtype=dtype, device=dev), torch.ones(n, dtype=dtype, device=dev)
+        bounds_t = torch.tensor(counts, dtype=torch.int32, device=dev)
+        moments = triton_curve(Z, zeros, bounds_t, s_steps, q_steps, bad, ONE_PASS_EPS,
+                               ref=ref.to(device=dev, dtype=torch.float64) if ref is not None else None,
+                               full_mean=zeros, full_inv=ones, rank=rank, world=size)
+        return all_reduce_sum(moments.cpu())
+    bounds = [0, *counts]
+    ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
+    mine = tiles(n, block or CURVE_BLOCK)[rank::size]
+    moments = torch.zeros(len(counts), 6, dtype=torch.float64)
+    with progress_bar(len(mine), progress, "insertion curve") as bar:
+        for i0, i1, j0, j1 in mine:
+            zi, zj = Z[i0:i1], Z[j0:j1]
+            # The full-feature RDM is Z's Gram; zero-variance rows have zero sums, so no pairs, at every step.
+            tile_ref, mode = (zi @ zj.T, RefMode.GRAM) if ref_t is None else (ref_t, RefMode.CONDENSED)
+            gram = torch.zeros(i1 - i0, j1 - j0, dtype=dtype, device=dev)
+            for step, (a, b) in enumerate(zip(bounds, bounds[1:])):
+                gram.addmm_(zi[:, a:b], zj[:, a:b].T)
+                moments[step] += pair_moments(
+                    gram, i0, j0, n, s_steps[step, i0:i1], q_steps[step, i0:i1], s_steps[step, j0:j1],
+                    q_steps[step, j0:j1], float(b), ONE_PASS_EPS, tile_ref, mode)
+            bar.update()
+    return all_reduce_sum(moments)

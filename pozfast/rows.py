@@ -1,0 +1,209 @@
+"""Rows of a feature matrix, as the RDM code needs them: inputs checked and converted, condensed-RDM
+bookkeeping, float64 row statistics (scale, mean, centred norm, zero-variance flags), normalised row
+blocks and the tiles of the upper triangle."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers"}
+_CHUNK_ELEMENTS = 1 << 19  # row chunks of the O(N D) passes: bounded float64 temporaries
+_ROUNDING_ULPS = 4  # a row whose rms spread is within this many eps of its rms value is constant
+
+
+class ZeroVarianceWarning(RuntimeWarning):
+    """Some rows have zero variance: their pairs are NaN / skipped."""
+
+
+def as_tensor(a: Any, name: str) -> Tensor:
+    """a (a tensor, numpy array or nested list) as a tensor of real numbers."""
+    if isinstance(a, (list, tuple)):
+        try:
+            a = np.asarray(a)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular array of numbers; its nested lists differ in "
+                             f"length") from None
+    if isinstance(a, np.ndarray):
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"{name} must hold real numbers, got {_KINDS.get(a.dtype.kind, a.dtype)}")
+        a = torch.from_numpy(a)
+    if not isinstance(a, Tensor):
+        raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(a).__name__}")
+    if a.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got a {a.dtype} tensor")
+    return a
+
+
+def as_features(X: Any, name: str = "X") -> Tensor:
+    X = as_tensor(X, name)
+    if X.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (N items x D features), got shape {tuple(X.shape)}")
+    if not X.is_floating_point():
+        X = X.double() if X.element_size() >= 4 else X.float()
+    elif X.dtype not in (torch.float32, torch.float64):
+        X = X.float()
+    if X.shape[0] < 2:
+        raise ValueError(f"{name} needs at least 2 rows (items) for an RDM, got {X.shape[0]}")
+    if X.shape[1] < 1:
+        raise ValueError(f"{name} has no features (shape {tuple(X.shape)})")
+    return X  # finiteness is checked by row_stats, in the same pass as the row statistics
+
+
+def condensed_length(n: int) -> int:
+    return n * (n - 1) // 2
+
+
+def n_items(length: int, name: str = "rdm") -> int:
+    """N such that N(N-1)/2 == length; ValueError (naming ``name``) if there is none."""
+    n = (1 + math.isqrt(1 + 8 * length)) // 2
+    if condensed_length(n) != length or n < 2:
+        raise ValueError(f"{name} has {length} entries, but a condensed RDM has N(N-1)/2 entries for some "
+                         f"N >= 2; {length} is not such a length")
+    return n
+
+
+def as_condensed(rdm: Any, name: str = "rdm", kind: str = "dissimilarity", atol: float = 1e-6) -> Tensor:
+    """A condensed float64 dissimilarity vector from a condensed vector or a square matrix.
+
+    ``kind="similarity"`` turns similarities into dissimilarities as ``1 - s``. A square matrix must be
+    symmetric (NaN entries must be symmetric too). NaN marks a missing pair; inf is refused.
+    """
+    if kind not in ("dissimilarity", "similarity"):
+        raise ValueError(f"{name} kind must be 'dissimilarity' or 'similarity', got {kind!r}")
+    t = as_tensor(rdm, name).double()
+    if bool(torch.isinf(t).any()):
+        raise ValueError(f"{name} contains inf; RDM entries must be finite, or NaN for a missing pair")
+    if t.dim() == 2:
+        n = t.shape[0]
+        if t.shape[1] != n:
+            raise ValueError(f"{name} must be a condensed vector or a square matrix, got shape {tuple(t.shape)}")
+        diff = (t - t.T).abs()
+        nan_mismatch = torch.isnan(t) != torch.isnan(t.T)
+        if bool(nan_mismatch.any()) or bool((diff[~torch.isnan(diff)] > atol * (1 + t.abs().nan_to_num().max())).any()):
+            raise ValueError(f"{name} is not symmetric; an RDM must be")
+        i, j = torch.triu_indices(n, n, offset=1)
+        t = t[i, j]
+    elif t.dim() == 1:
+        n_items(t.numel(), name)
+    else:
+        raise ValueError(f"{name} must be a condensed vector or a square matrix, got shape {tuple(t.shape)}")
+    return 1 - t if kind == "similarity" else t
+
+
+@dataclasses.dataclass(frozen=True)
+class RowStats:
+    """Row statistics of the scaled rows x / scale, whose values lie in (-2, 2): no square over- or underflows."""
+
+    scale: Tensor  # float64 [N]: the largest power of two <= the row's max |x| (dividing by it is exact)
+    mean: Tensor  # float64 [N]: mean of the scaled row
+    inv_norm: Tensor  # float64 [N]: 1 / centred norm of the scaled row; 0 for zero-variance rows
+    bad: Tensor  # bool [N]
+
+    def scaled(self, X: Tensor, lo: int, hi: int, device) -> Tensor:
+        """Rows lo:hi over their scale, in float64: a new tensor."""
+        return X[lo:hi].to(device=device, dtype=torch.float64, copy=True).div_(self.scale[lo:hi, None].to(device))
+
+    def normalise(self, rows: Tensor, lo: int, hi: int) -> Tensor:
+        """Scaled rows lo:hi (columns in any order) centred and scaled to unit norm, in place (in-place float64
+        ops cost a tenth of new temporaries); zero-variance rows become 0."""
+        return rows.sub_(self.mean[lo:hi, None].to(rows.device)).mul_(self.inv_norm[lo:hi, None].to(rows.device))
+
+    sizes: tuple[float, float]  # the smallest and largest max |x| or centred norm over the valid rows
+
+    def safe_in(self, dtype: torch.dtype) -> bool:
+        """Whether every valid row's max |x| and centred norm lie where squares and Gram sums in ``dtype``
+        neither over- nor underflow, so that rows can be centred and scaled in ``dtype`` directly."""
+        limit = torch.finfo(dtype).max ** 0.25
+        return 1 / limit <= self.sizes[0] and self.sizes[1] <= limit
+
+    def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
+        """Rows lo:hi centred and scaled to unit norm, returned in ``dtype``: computed in ``dtype`` when the
+        rows are safe there (:meth:`safe_in`), else in float64 over the rows' scales."""
+        if dtype == torch.float64 or not self.safe_in(dtype):
+            return self.normalise(self.scaled(X, lo, hi, device), lo, hi).to(dtype)
+        mean = (self.mean[lo:hi] * self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
+        inv = (self.inv_norm[lo:hi] / self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
+        return X[lo:hi].to(device=device, dtype=dtype).sub(mean).mul_(inv)
+
+
+def row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
+    rows = max(min_rows, _CHUNK_ELEMENTS // max(d, 1))
+    return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
+
+
+def default_block(n: int) -> int:
+    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs.
+    return int(min(1024, max(256, -(-n // 8 // 64) * 64)))
+
+
+def constant(centred_sq: Tensor, sq: Tensor, dtype: torch.dtype) -> Tensor:
+    """Which rows are constant up to rounding, from their centred sum of squares and their sum of squares.
+
+    Values in ``dtype`` carry a relative rounding error of about eps, so a spread below a few eps of the
+    values' own size is indistinguishable from a constant; the test is relative, so any magnitude works.
+    """
+    return centred_sq <= (_ROUNDING_ULPS * torch.finfo(dtype).eps) ** 2 * sq
+
+
+def row_stats(X: Tensor, warn: bool = True, name: str = "X") -> RowStats:
+    """Row scales, means and centred norms in float64, in row chunks (no float64 copy of X); X must be finite."""
+    n = X.shape[0]
+    scale, mean, centred_sq, sq = (torch.empty(n, dtype=torch.float64) for _ in range(4))
+    for lo, hi in row_chunks(n, X.shape[1]):
+        rows = X[lo:hi].to(device="cpu", dtype=torch.float64, copy=True)  # worked on in place
+        low, high = torch.aminmax(rows, dim=1)
+        top = torch.maximum(high, -low)
+        if not bool(torch.isfinite(top).all()):  # aminmax passes NaN on
+            raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
+        scale[lo:hi] = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)  # 1/2 for an all-zero row
+        rows.div_(scale[lo:hi, None])
+        sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+        mean[lo:hi] = rows.mean(1)
+        rows.sub_(mean[lo:hi, None])
+        centred_sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+    bad = constant(centred_sq, sq, compute_dtype(X))
+    inv = torch.where(bad, torch.zeros_like(sq), centred_sq.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
+    if warn and bool(bad.any()):
+        warnings.warn(f"{int(bad.sum())} of {n} rows have zero variance: their pairs are NaN in the RDM and "
+                      f"skipped in comparisons", ZeroVarianceWarning, stacklevel=3)
+    good = ~bad
+    sizes = torch.cat([scale[good], scale[good] / inv[good]])
+    return RowStats(scale, mean, inv, bad, (float(sizes.min()), float(sizes.max())) if sizes.numel() else (1.0, 1.0))
+
+
+class RowBlocks:
+    """Normalised row blocks of X; the current i-block is kept while the tiles of its row go by."""
+
+    def __init__(self, X: Tensor, stats: RowStats, dtype: torch.dtype):
+        self.X, self.stats, self.dtype = X, stats, dtype
+        self._key, self._block = None, None
+
+    def make(self, lo: int, hi: int) -> Tensor:
+        """Rows lo:hi normalised, on X's device."""
+        return self.stats.normalised(self.X, lo, hi, self.dtype, self.X.device)
+
+    def get(self, lo: int, hi: int) -> Tensor:
+        if self._key != (lo, hi):
+            self._key, self._block = (lo, hi), self.make(lo, hi)
+        return self._block
+
+
+def tiles(n: int, block: int) -> list[tuple[int, int, int, int]]:
+    return [(i, min(i + block, n), j, min(j + block, n)) for i in range(0, n, block) for j in range(i, n, block)]
+
+
+def progress_bar(total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="tile")
+
+
+def compute_dtype(X: Tensor) -> torch.dtype:
+    return torch.float64 if X.dtype == torch.float64 else torch.float32
