@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import torch
 
+from pozfast import tables
+
 K = TypeVar("K")
 
 
@@ -46,9 +48,6 @@ def machine_description() -> str:
 
 def print_table(headers: list[str], rows: list[list[str]]) -> str:
     """Print and return a Markdown table."""
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    fmt = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    lines = [fmt(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)]
-    text = "\n".join(lines)
+    text = tables.markdown(headers, rows, numbers_right=False)
     print(text, flush=True)
     return text

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from pozfast import digits, prune
+from pozfast import digits, prune, tables
 from pozfast._io import atomic_write_text, fresh_folder, json_text
 from pozfast.apoz import apoz
 from pozfast.geometry import insertion_curve
@@ -121,13 +121,10 @@ def _fc1_activations(model: torch.nn.Module, val: DataLoader) -> torch.Tensor:
 
 def _geometry_table(ours: dict, poz: torch.Tensor) -> str:
     top20 = torch.sort(poz, descending=True).values[: max(1, round(0.2 * poz.numel()))]
-    lines = ["| measure | deck (CIFAR-10) | this demo (digits) |", "|---|---|---|"]
-    for k, v in ours.items():
-        deck = DECK[k]
-        lines.append(f"| {k} | {'> ' if 'top-20' in k else ''}{deck:.2f} | {v:.3f} |")
-    lines.append(f"| lowest PoZ among the top-20% features | >= 55% | {100 * float(top20.min()):.0f}% |")
-    lines.append(f"| top-20% features that never fire (PoZ = 100%) | | {int((top20 == 1).sum())} of {top20.numel()} |")
-    return "\n".join(lines)
+    rows = [[k, f"{'> ' if 'top-20' in k else ''}{DECK[k]:.2f}", f"{v:.3f}"] for k, v in ours.items()]
+    rows.append(["lowest PoZ among the top-20% features", ">= 55%", f"{100 * float(top20.min()):.0f}%"])
+    rows.append(["top-20% features that never fire (PoZ = 100%)", "", f"{int((top20 == 1).sum())} of {top20.numel()}"])
+    return tables.markdown(["measure", "deck (CIFAR-10)", "this demo (digits)"], rows)
 
 
 def _dead_text(dead: prune.DeadRemoval, top1_before: float, top1_after: float) -> str:

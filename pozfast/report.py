@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from pozfast import tables
 from pozfast._io import atomic_write_text
 from pozfast.plotting import pyplot, save_figure
 
@@ -74,9 +75,15 @@ class LayerAPoZ:
 
     @classmethod
     def from_json(cls, d: dict) -> LayerAPoZ:
-        return cls(key=d["key"], module=d["module"], call=int(d["call"]), channel_dim=int(d["channel_dim"]),
-                   zeros=torch.tensor(d["zeros"], dtype=torch.int64), total=int(d["total"]),
-                   examples=int(d["examples"]), producers=tuple(d.get("producers", ())))
+        """From :meth:`to_json`; counts that cannot be (a zero count above ``total``) are refused."""
+        e = cls(key=d["key"], module=d["module"], call=int(d["call"]), channel_dim=int(d["channel_dim"]),
+                zeros=torch.tensor(d["zeros"], dtype=torch.int64), total=int(d["total"]),
+                examples=int(d["examples"]), producers=tuple(d.get("producers", ())))
+        if e.zeros.dim() != 1 or d.get("channels", e.channels) != e.channels:
+            raise ValueError(f"{e.zeros.numel()} zero counts for {d.get('channels')} channels")
+        if e.channels and not 0 <= int(e.zeros.min()) <= int(e.zeros.max()) <= e.total:
+            raise ValueError(f"zeros must be within [0, total] = [0, {e.total}]")
+        return e
 
 
 class APoZReport:
@@ -116,10 +123,7 @@ class APoZReport:
             a = e.apoz
             rows.append([e.key, str(e.channels), str(e.examples), f"{a.mean().item():.3f}",
                          *(str(int((a > t).sum())) for t in (0.5, 0.9, 0.99)), str(int((e.zeros == e.total).sum()))])
-        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
-        line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
-                                       for i, (c, w) in enumerate(zip(cells, widths)))
-        return "\n".join([line(headers), line(["-" * w for w in widths]), *map(line, rows)])
+        return tables.aligned(headers, rows)
 
     def to_json(self) -> dict:
         return {"format": FORMAT, "version": VERSION, "layers": [e.to_json() for e in self]}
@@ -130,10 +134,22 @@ class APoZReport:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> APoZReport:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-        if data.get("format") != FORMAT or data.get("version") not in (1, VERSION):
-            raise ValueError(f"{path} is not a pozfast APoZ report (format {FORMAT!r} version 1 or {VERSION})")
-        return cls([LayerAPoZ.from_json(d) for d in data["layers"]])
+        """A report written by :meth:`save`; another file is refused with what it is not."""
+        what = f"{path} is not a pozfast APoZ report (format {FORMAT!r} version 1 or {VERSION})"
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except ValueError as exc:  # not UTF-8 or not JSON
+            raise ValueError(f"{what}: {exc}") from None
+        if (not isinstance(data, dict) or data.get("format") != FORMAT or data.get("version") not in (1, VERSION)
+                or not isinstance(data.get("layers"), list)):
+            raise ValueError(what)
+        entries = []
+        for i, d in enumerate(data["layers"]):
+            try:
+                entries.append(LayerAPoZ.from_json(d))
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise ValueError(f"{path}: layer {i} is malformed ({type(exc).__name__}: {exc})") from None
+        return cls(entries)
 
     def plot_histogram(self, key: str, path: str | os.PathLike, bins: int = 50) -> Path:
         """PNG histogram of one layer's APoZ over its channels (like the paper's FC6 figure)."""
