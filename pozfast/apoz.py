@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from pozfast._io import atomic_write
-from pozfast.batches import batch_size, call_args, to_device
-from pozfast.modules import kept_modes, model_device
+from pozfast.batches import batch_size, call_args, run_model, to_device
+from pozfast.modules import kept_modes, run_device
 from pozfast.report import APoZReport
-from pozfast.tracking import APoZTracker, select_sites, track_apoz
-from pozfast.validate import optional_positive_int, positive_int
+from pozfast.tracking import APoZTracker, track_apoz
+from pozfast.validate import batch_iterable, optional_positive_int, positive_int
 
 CHECKPOINT_FORMAT = "pozfast-apoz-checkpoint"
 
@@ -52,9 +52,12 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
         An :class:`APoZReport`, summed over ranks when ``torch.distributed`` is initialised (a rank
         without batches gets the same report as the others).
     """
+    device = run_device(model, device)
+    data = batch_iterable(data, "data")
     max_batches = optional_positive_int(max_batches, "max_batches")
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
-    device = torch.device(device) if device is not None else model_device(model)
+    if checkpoint is not None and Path(checkpoint).is_dir():
+        raise ValueError(f"checkpoint {checkpoint} is a folder; give a file name (it is created if missing)")
     tracker = track_apoz(model, layers=layers, channel_dims=channel_dims)
     arguments = {"layers": tracker.layers, "channel_dims": tracker.channel_dims}
     done = 0
@@ -76,7 +79,7 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
                     continue  # counted before the interruption
                 args, kwargs = call_args(model, batch, inputs)
                 args, kwargs = to_device(args, device), to_device(kwargs, device)
-                model(*args, **kwargs)
+                run_model(model, args, kwargs, f"batch {index} of data")
                 if index == done and not distributed:  # ranks check together, after the reduction
                     _check_first_batch(tracker)
                 bar.update(batch_size((args, kwargs)))
@@ -103,7 +106,7 @@ def _check_first_batch(tracker: APoZTracker) -> None:
     if not tracker._sites:
         raise ValueError(f"{type(tracker.root).__name__} has no ReLU (nn.ReLU, F.relu, torch.relu, Tensor.relu) "
                          "in its forward: nothing to count")
-    select_sites(tracker._sites, tracker.layers)  # unknown layer names fail now, not at the end
+    tracker._selected(tracker._sites)  # unknown names in layers or channel_dims fail now, not at the end
 
 
 def _resume(tracker: APoZTracker, path: str | os.PathLike, arguments: dict) -> int:

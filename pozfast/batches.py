@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pozfast.modules import unwrap
+from pozfast.validate import optional_function
 
 Inputs = Callable[[Any], Any]
 _INPUT_KEYS = ("input", "inputs", "x", "image", "images", "pixel_values", "input_ids")
@@ -50,7 +51,7 @@ def _forward_kwargs(model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any
 
 def call_args(model: nn.Module, batch: Any, inputs: Inputs | None = None) -> tuple[tuple, dict[str, Any]]:
     """``(args, kwargs)`` with which ``model`` is called for ``batch`` (see the module docstring)."""
-    if inputs is not None:
+    if optional_function(inputs, "inputs", "batch -> model input") is not None:
         x = inputs(batch)
         if isinstance(x, Mapping):
             return (), dict(x)
@@ -95,12 +96,30 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
 
 
 def call_model(model: nn.Module, batch: Any, inputs: Inputs | None = None,
-               device: torch.device | str | None = None) -> Any:
-    """Call ``model`` with ``batch`` (moved to ``device`` if given) and return its output."""
+               device: torch.device | str | None = None, where: str = "a batch") -> Any:
+    """Call ``model`` with ``batch`` (moved to ``device`` if given) and return its output; ``where`` names the
+    batch in the note added to an error the model raises (see :func:`run_model`)."""
     args, kwargs = call_args(model, batch, inputs)
     if device is not None:
         args, kwargs = to_device(args, device), to_device(kwargs, device)
-    return model(*args, **kwargs)
+    return run_model(model, args, kwargs, where)
+
+
+def run_model(model: nn.Module, args: tuple, kwargs: dict[str, Any], where: str) -> Any:
+    """``model(*args, **kwargs)``; an error it raises keeps its type and message and gets a note that names
+    the batch (``where``) and what the model was given, since torch's own message names neither."""
+    try:
+        return model(*args, **kwargs)
+    except Exception as exc:
+        given = ", ".join([*map(_shown, args), *(f"{k}={_shown(v)}" for k, v in kwargs.items())]) or "no arguments"
+        if hasattr(exc, "add_note"):  # Python 3.11+; 3.10 shows torch's message alone
+            exc.add_note(f"pozfast: raised when {type(unwrap(model)).__name__} was called with {where} ({given}); "
+                         "check that the batches fit the model, or pass inputs=lambda batch: ... that returns its input")
+        raise
+
+
+def _shown(value: Any) -> str:
+    return f"tensor {tuple(value.shape)} {value.dtype}" if isinstance(value, Tensor) else type(value).__name__
 
 
 def batch_size(batch: Any) -> int:
@@ -113,7 +132,7 @@ def batch_size(batch: Any) -> int:
 
 def batch_targets(batch: Any, targets: Callable[[Any], Tensor] | None = None) -> Tensor:
     """The class-index targets of ``batch`` (see the module docstring)."""
-    if targets is not None:
+    if optional_function(targets, "targets", "batch -> class-index targets") is not None:
         return targets(batch)
     fields = batch._asdict() if _is_namedtuple(batch) else batch if isinstance(batch, Mapping) else None
     if fields is not None:

@@ -154,7 +154,10 @@ def cmd_rdm(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pozfast import demo
+    from pozfast.validate import integer
 
+    for option, minimum in (("epochs", 1), ("rounds", 1), ("fine_tune_epochs", 0), ("steps", 1)):
+        integer(getattr(args, option), f"--{option.replace('_', '-')}", minimum=minimum)  # now, not after training
     demo.run(args.out, epochs=args.epochs, rounds=args.rounds, fine_tune_epochs=args.fine_tune_epochs,
              steps=args.steps, seed=args.seed)
     return 0

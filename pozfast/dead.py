@@ -25,7 +25,7 @@ from pozfast.modules import kept_modes, unwrap
 from pozfast.report import APoZReport
 from pozfast.surgery import (PRUNABLE, _pruning_fn, count_params, coupled_groups, dependency_graph, out_channels,
                              remove_channels, transaction)
-from pozfast.validate import names
+from pozfast.validate import instance, names
 
 # A fold is exact when its error, computed in float64, is below this fraction of the consumer's output scale.
 _FOLD_TOL = 1e-9
@@ -86,6 +86,10 @@ def _plan(model: nn.Module, report: APoZReport, example: Any, layers: Sequence[s
           inputs: Inputs | None) -> dict[str, list[int]]:
     """Dead channels per coupled group: dead at every ReLU site that any member of the group reaches."""
     modules = dict(model.named_modules())
+    foreign = sorted({p for e in report for p in e.producers} - modules.keys())
+    if foreign:
+        raise ValueError(f"the report names layers {foreign[:5]} that this {type(model).__name__} does not have: "
+                         "it was measured on another model; measure it on this one")
     producers = list(dict.fromkeys(p for e in report for p in e.producers if isinstance(modules.get(p), PRUNABLE)))
     if layers is not None:
         unknown = [n for n in names(layers, "layers") if n not in producers]
@@ -97,10 +101,15 @@ def _plan(model: nn.Module, report: APoZReport, example: Any, layers: Sequence[s
         if layers is not None and not set(group) & set(layers):
             continue
         sites = [e for e in report if set(e.producers) & set(group)]
+        width = out_channels(modules[group[0]])
+        stale = next((e for e in sites if e.channels != width), None)
+        if stale is not None:  # its channel indices would name other channels of the layer
+            raise ValueError(f"report[{stale.key!r}] has {stale.channels} channels but {group[0]!r} has {width} "
+                             "outputs: the report was measured on another model or before the model changed; "
+                             "measure it again")
         if any(e.key not in dead for e in sites):
             continue
         common = set.intersection(*(dead[e.key] for e in sites))
-        width = out_channels(modules[group[0]])
         if len(common) >= width:  # keep one channel: a layer cannot be emptied
             common -= {min(common)}
         if common:
@@ -153,7 +162,7 @@ def _outputs(model: nn.Module, example: Any, inputs: Inputs | None, capture: dic
     handles = [m.register_forward_hook(lambda mod, a, o: capture.__setitem__(mod, a[0])) for m in capture or {}]
     try:
         with kept_modes(model, False), torch.no_grad():
-            out = call_model(model, example, inputs)
+            out = call_model(model, example, inputs, where="example_inputs")
     finally:
         for h in handles:
             h.remove()
@@ -178,8 +187,7 @@ def remove_dead(model: nn.Module, report: APoZReport, example_inputs: Any, layer
         A :class:`DeadRemoval`: channels removed, parameters before and after, folds, approximations
         and the largest change of the outputs on ``example_inputs``.
     """
-    if not isinstance(report, APoZReport):
-        raise TypeError(f"report must be a pozfast.APoZReport, got {type(report).__name__}")
+    instance(report, APoZReport, "report", "a pozfast.APoZReport")
     model = unwrap(model)
     params_before = count_params(model)
     plan = _plan(model, report, example_inputs, layers, inputs)

@@ -10,6 +10,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from pozfast.validate import device as checked_device
+
 # Path parts that wrappers insert between a module and its children; names are those of the bare model.
 _WRAPPER_PARTS = frozenset({"_orig_mod", "_fsdp_wrapped_module", "_checkpoint_wrapped_module"})
 _DISTRIBUTED_WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel")
@@ -21,8 +23,7 @@ def unwrap(model: nn.Module) -> nn.Module:
     ``nn.DataParallel`` is refused: its replicas run copies of the modules on other threads, which
     pozfast cannot observe; DistributedDataParallel does the same job and is counted correctly.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_module(model)
     while True:
         if isinstance(model, nn.DataParallel):
             raise TypeError("nn.DataParallel is not supported: its replicas run on other threads, where "
@@ -34,6 +35,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model.module
         else:
             return model
+
+
+def check_module(model: object) -> nn.Module:
+    """``model``, refused with a TypeError unless it is an ``nn.Module``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    return model
 
 
 def clean_name(name: str) -> str:
@@ -49,6 +57,12 @@ def module_names(model: nn.Module) -> dict[nn.Module, str]:
 def model_device(model: nn.Module) -> torch.device:
     """The device of the model's first parameter (CPU for a model without parameters)."""
     return next((p.device for p in model.parameters()), torch.device("cpu"))
+
+
+def run_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where batches go: ``device`` (checked: a device this machine has), else the model's device."""
+    check_module(model)
+    return model_device(model) if device is None else checked_device(device)
 
 
 @contextlib.contextmanager

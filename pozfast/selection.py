@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from pozfast.batches import Inputs
 from pozfast.report import APoZReport
-from pozfast.validate import integer, names, real
+from pozfast.validate import instance, integer, names, real
 
 _KINDS = ("threshold", "ratio", "std")
 
@@ -74,6 +74,7 @@ def resolve_layers(report: APoZReport, layers: Sequence[str] | Mapping[str, str]
     A mapping is taken as given (its keys checked against the report). A name that reaches no site, or
     several, is an error listing the candidates.
     """
+    instance(report, APoZReport, "report", "a pozfast.APoZReport")
     if isinstance(layers, Mapping):
         for layer, key in layers.items():
             report[key]  # noqa: B018 (raises a KeyError listing the report's keys)
@@ -112,10 +113,12 @@ def select_channels(report: APoZReport, layers: Sequence[str] | Mapping[str, str
     activations, the rule picks from that, and the plan names the group's first layer (the surgery
     removes the channel from all of them).
     """
-    if not isinstance(rule, Rule):
-        raise TypeError(f"rule must be a pozfast.prune.Rule, got {type(rule).__name__}")
+    instance(rule, Rule, "rule", "a pozfast.prune.Rule")
     layers = resolve_layers(report, layers)
-    groups = [list(g) for g in groups] if groups is not None else [[n] for n in layers]
+    groups = [names(g, f"groups[{i}]") for i, g in enumerate(groups)] if groups is not None else [[n] for n in layers]
+    unknown = [n for g in groups for n in g if n not in layers]
+    if unknown:
+        raise KeyError(f"groups name {unknown[0]!r}, which is not in layers {list(layers)}")
     by_key: dict[str, list[str]] = {}
     for layer, key in layers.items():
         by_key.setdefault(key, []).append(layer)

@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from pozfast.batches import Inputs, call_model
 from pozfast.modules import kept_modes, unwrap
+from pozfast.validate import integer, names
 
 PRUNABLE = (nn.modules.conv._ConvNd, nn.Linear)
 
@@ -62,9 +64,11 @@ def check_plan(model: nn.Module, plan: Mapping[str, Sequence[int]]) -> dict[str,
             raise TypeError(f"plan names {name!r}, a {type(m).__name__}; only Conv and Linear output channels "
                             f"can be removed")
         width = out_channels(m)
-        if isinstance(idxs, (str, bytes)) or any(isinstance(i, bool) for i in idxs):
+        if isinstance(idxs, (torch.Tensor, np.ndarray)):
+            idxs = idxs.tolist()
+        if isinstance(idxs, (str, bytes)) or not isinstance(idxs, Iterable):
             raise TypeError(f"plan[{name!r}] must be a list of channel indices, got {idxs!r}")
-        idx = sorted({int(i) for i in idxs})
+        idx = sorted({integer(i, f"plan[{name!r}] indices") for i in idxs})
         if any(i < 0 or i >= width for i in idx):
             raise IndexError(f"plan for {name!r} has indices outside [0, {width}): {[i for i in idx if not 0 <= i < width]}")
         if len(idx) >= width:
@@ -82,10 +86,17 @@ def dependency_graph(model: nn.Module, example_inputs: Any, inputs: Inputs | Non
     """
     import torch_pruning as tp
 
-    with kept_modes(model), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(
-            model, example_inputs=example_inputs, forward_fn=lambda m, batch: call_model(m, batch, inputs),
-            verbose=False)
+    hooks = {m: set(m._forward_hooks) for m in model.modules()}
+    try:
+        with kept_modes(model), torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(
+                model, example_inputs=example_inputs, verbose=False,
+                forward_fn=lambda m, batch: call_model(m, batch, inputs, where="example_inputs"))
+    except BaseException:  # Torch-Pruning leaves its tracing hooks on the modules when the forward fails
+        for m, before in hooks.items():
+            for k in set(m._forward_hooks) - before:
+                del m._forward_hooks[k]
+        raise
 
 
 def _restore(model: nn.Module, backup: nn.Module) -> None:
@@ -124,7 +135,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     model = unwrap(model)
     plan = check_plan(model, plan)
     modules = dict(model.named_modules())
-    names = {m: n for n, m in modules.items()}
+    name_of = {m: n for n, m in modules.items()}
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
     channels_last = any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last)
                         and not p.is_contiguous() for p in model.parameters())
@@ -135,7 +146,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
             group = graph.get_pruning_group(modules[name], _pruning_fn(modules[name]), idxs=idx)
             if not graph.check_pruning_group(group):
                 raise ValueError(f"removing {len(idx)} channels of {name!r} would empty a coupled layer")
-            coupled[name] = [(names.get(dep.target.module, str(dep.target.module)), dep.handler.__name__, len(i))
+            coupled[name] = [(name_of.get(dep.target.module, str(dep.target.module)), dep.handler.__name__, len(i))
                              for dep, i in group]
             group.prune()
         for n, p in model.named_parameters():
@@ -153,9 +164,10 @@ def coupled_groups(model: nn.Module, layers: Sequence[str], example_inputs: Any,
     import torch_pruning as tp
 
     model = unwrap(model)
+    layers = names(layers, "layers")
     check_plan(model, {n: [] for n in layers})
     modules = dict(model.named_modules())
-    names = {m: n for n, m in modules.items()}
+    name_of = {m: n for n, m in modules.items()}
     graph = dependency_graph(model, example_inputs, inputs)
     groups: list[list[str]] = []
     placed: set[str] = set()
@@ -163,7 +175,7 @@ def coupled_groups(model: nn.Module, layers: Sequence[str], example_inputs: Any,
         if layer in placed:
             continue
         group = graph.get_pruning_group(modules[layer], _pruning_fn(modules[layer]), idxs=[0])
-        partners = {names.get(dep.target.module) for dep, _ in group
+        partners = {name_of.get(dep.target.module) for dep, _ in group
                     if dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)}
         members = [n for n in layers if n == layer or (n in partners and n not in placed)]
         placed.update(members)

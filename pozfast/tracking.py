@@ -48,6 +48,7 @@ from torch.overrides import TorchFunctionMode
 from pozfast.modules import eager, fingerprint, model_device, module_names, unwrap
 from pozfast.ops.relu_count import count_zeros_reference, relu_count
 from pozfast.report import APoZReport, LayerAPoZ
+from pozfast.validate import instance, integer, names
 
 _RELU = {F.relu: False, torch.relu: False, Tensor.relu: False,
          F.relu_: True, torch.relu_: True, Tensor.relu_: True}
@@ -163,13 +164,11 @@ class APoZTracker:
                  channel_dims: Mapping[str, int] | None = None):
         self.model = model
         self.root = unwrap(model)
-        if isinstance(layers, str):
-            raise TypeError(f"layers must be a list of names, got the string {layers!r}; write [{layers!r}]")
-        self.layers = list(layers) if layers is not None else None
-        self.channel_dims = dict(channel_dims or {})
-        for k, v in self.channel_dims.items():
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"channel_dims[{k!r}] must be an int axis, got {v!r}")
+        self.layers = names(layers, "layers") if layers is not None else None
+        dims = instance({} if channel_dims is None else channel_dims, Mapping, "channel_dims",
+                        "a dict {layer key or module name: axis}")
+        names(dims, "channel_dims")  # its keys: layer keys or module names
+        self.channel_dims = {k: integer(v, f"channel_dims[{k!r}]") for k, v in dims.items()}
         self._names = module_names(model)
         self._sites: dict[tuple[str, int], _Site] = {}
         self._touched: list[_Site] = []
@@ -289,7 +288,7 @@ class APoZTracker:
         producers = seen[2] if seen is not None else ()
         site = self._sites.get((module, call))
         if site is None:
-            cd = self._channel_dim(x, module, f"{module or '<root>'}:{call}", seen)
+            cd = self._channel_dim(x, module, call, seen)
             if not -x.dim() <= cd < x.dim():
                 raise ValueError(f"channel_dims gives axis {cd} for ReLU call {call} of {module or '<root>'!r}, "
                                  f"whose activation has shape {tuple(x.shape)}")
@@ -304,8 +303,8 @@ class APoZTracker:
             site.producers = _union(site.producers, producers)
         return site
 
-    def _channel_dim(self, x: Tensor, module: str, key: str, seen) -> int:
-        for k in (key, module):
+    def _channel_dim(self, x: Tensor, module: str, call: int, seen) -> int:
+        for k in _dim_keys(module, call):
             if k in self.channel_dims:
                 return self.channel_dims[k]
         if seen is not None and seen[1] is not None:
@@ -343,7 +342,16 @@ class APoZTracker:
                                      channel_dim=sites[s].channel_dim, zeros=sites[s].zeros.cpu(),
                                      total=sites[s].total, examples=sites[s].examples,
                                      producers=sites[s].producers)
-                           for s in select_sites(sites, self.layers)])
+                           for s in self._selected(sites)])
+
+    def _selected(self, sites: Mapping[tuple[str, int], _Site]) -> list[tuple[str, int]]:
+        """The sites ``layers`` names; a name in ``layers`` or ``channel_dims`` that matches no site is an error."""
+        matched = {k for module, call in sites for k in _dim_keys(module, call)}
+        unknown = [k for k in self.channel_dims if k not in matched]
+        if unknown:
+            raise KeyError(f"channel_dims names {unknown[0]!r}, which is neither a ReLU site (key, or key:call) nor a "
+                           f"module that calls ReLU; sites: {list(_site_keys(sites).values())}")
+        return select_sites(sites, self.layers)
 
     def reset(self) -> None:
         self._sites.clear()
@@ -362,16 +370,22 @@ class APoZTracker:
         if not isinstance(state, Mapping) or state.get("version") != STATE_VERSION:
             found = state.get("version") if isinstance(state, Mapping) else type(state).__name__
             raise ValueError(f"not a pozfast APoZ tracker state of version {STATE_VERSION} (found {found!r})")
-        if state["model"] != fingerprint(self.model):
-            raise ValueError(f"the saved counts come from another model (fingerprint {state['model']}, this "
+        if state.get("model") != fingerprint(self.model):
+            raise ValueError(f"the saved counts come from another model (fingerprint {state.get('model')}, this "
                              f"{type(self.root).__name__} has {fingerprint(self.model)}): module names or parameter "
                              "shapes differ")
         device = model_device(self.model)
-        self._sites = {(s["module"], s["call"]): _Site(s["module"], s["call"], s["channel_dim"], s["zeros"].to(device),
-                                                       tuple(s["producers"]), s["total"], s["examples"], True)
-                       for s in state["sites"]}
+        try:
+            sites = {(s["module"], s["call"]): _Site(s["module"], s["call"], s["channel_dim"], s["zeros"].to(device),
+                                                     tuple(s["producers"]), s["total"], s["examples"], True)
+                     for s in state["sites"]}
+            batches = integer(state["batches"], "batches", minimum=0)
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"the tracker state is malformed ({type(exc).__name__}: {exc}); pass a dict from "
+                             "APoZTracker.state_dict()") from None
+        self._sites = sites
         self._touched.clear()
-        self.batches = int(state["batches"])
+        self.batches = batches
 
 
 def _site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
@@ -380,6 +394,12 @@ def _site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], st
     for module, call in sites:
         calls[module] = max(calls.get(module, 0), call + 1)
     return {(m, c): (m or "<root>") + (f":{c}" if calls[m] > 1 else "") for m, c in sites}
+
+
+def _dim_keys(module: str, call: int) -> tuple[str, ...]:
+    """The ``channel_dims`` keys that name ReLU call ``call`` of ``module``: ``key:call`` and the key."""
+    shown = module or "<root>"
+    return f"{shown}:{call}", shown
 
 
 def select_sites(sites: Mapping[tuple[str, int], _Site], layers: list[str] | None) -> list[tuple[str, int]]:

@@ -18,10 +18,11 @@ from torch.utils._pytree import tree_map
 from pozfast._io import atomic_write, atomic_write_text, json_text
 from pozfast.apoz import apoz
 from pozfast.batches import IGNORE_INDEX, Inputs, batch_targets, call_args, call_model, default_loss, output_logits, to_device
-from pozfast.modules import fingerprint, kept_modes, model_device, unwrap
+from pozfast.modules import fingerprint, kept_modes, model_device, run_device, unwrap
 from pozfast.selection import Rule, relu_keys, resolve_layers, select_channels
 from pozfast.surgery import check_plan, compression_rate, count_params, coupled_groups, out_channels, remove_channels
-from pozfast.validate import integer, names, optional_positive_int
+from pozfast.validate import (batch_iterable, folder_path, instance, integer, names, optional_function,
+                              optional_positive_int)
 
 Targets = Callable[[Any], Tensor]
 LossFn = Callable[[Any, Any], Tensor]
@@ -83,20 +84,22 @@ def evaluate(model: nn.Module, data: Iterable, device: str | torch.device | None
     """(top-1, top-5) accuracy of the logits ``[..., C]`` (a tensor output, Hugging Face ``.logits``)
     against class-index targets ``[...]`` (``-100`` ignored), in eval mode; top-5 is None under 5
     classes. Batches and targets: :mod:`pozfast.batches`."""
-    device = torch.device(device) if device is not None else model_device(model)
+    device = run_device(model, device)
+    data = batch_iterable(data, "data")
     correct1 = correct5 = total = 0
     classes = 0
     with kept_modes(model, False), torch.no_grad():
-        for batch in data:
-            logits = output_logits(call_model(model, batch, inputs, device))
-            y = batch_targets(batch, targets).to(logits.device).reshape(-1)
+        for index, batch in enumerate(data):
+            logits = output_logits(call_model(model, batch, inputs, device, f"batch {index} of data"))
+            y = torch.as_tensor(batch_targets(batch, targets)).to(logits.device).reshape(-1)
             logits = logits.reshape(-1, logits.shape[-1])
             if logits.shape[0] != y.numel():
                 raise ValueError(f"the model gave {logits.shape[0]} predictions for {y.numel()} targets; pass "
                                  "targets= that returns one class index per prediction")
+            classes = logits.shape[1]
+            _check_targets(y, classes)
             kept = y != IGNORE_INDEX
             logits, y = logits[kept], y[kept]
-            classes = logits.shape[1]
             top = logits.topk(min(5, classes), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(1).sum().item()
@@ -104,6 +107,17 @@ def evaluate(model: nn.Module, data: Iterable, device: str | torch.device | None
     if total == 0:
         raise ValueError("evaluation data yielded no batches (or only ignored targets)")
     return correct1 / total, (correct5 / total if classes >= 5 else None)
+
+
+def _check_targets(y: Tensor, classes: int) -> None:
+    """Targets that are no class index would silently count as wrong predictions."""
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise TypeError(f"targets must be integer class indices, got {y.dtype}; convert them with .long() or pass "
+                        "targets=lambda batch: ... that returns them")
+    bad = y[(y != IGNORE_INDEX) & ((y < 0) | (y >= classes))]
+    if bad.numel():
+        raise ValueError(f"targets must be class indices in [0, {classes}) (or {IGNORE_INDEX}, ignored) for a model "
+                         f"with {classes} logits per prediction, got {bad[0].item()}")
 
 
 def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.optim.Optimizer,
@@ -116,15 +130,28 @@ def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.op
     """
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else model_device(model)
+    epochs = integer(epochs, "epochs", minimum=0)
+    instance(optimizer, torch.optim.Optimizer, "optimizer", "a torch.optim.Optimizer")
+    data = batch_iterable(data, "data", reusable=epochs > 1)
+    optional_function(loss_fn, "loss_fn", "(output, batch) -> scalar loss tensor")
+    device = run_device(model, device)
     with kept_modes(model, True):
         for epoch in range(epochs):
+            seen = 0
             for batch in tqdm(data, desc=f"fine-tune epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
-                output = call_model(model, batch, inputs, device)
-                loss = loss_fn(output, batch) if loss_fn is not None else default_loss(output, batch, targets)
+                output = call_model(model, batch, inputs, device, f"batch {seen} of data")
+                if loss_fn is None:
+                    loss = default_loss(output, batch, targets)
+                else:
+                    loss = loss_fn(output, batch)
+                    if not isinstance(loss, Tensor) or loss.numel() != 1:
+                        raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {loss!r:.80}")
                 loss.backward()
                 optimizer.step()
+                seen += 1
+            if not seen:
+                raise ValueError("data yielded no batches: nothing to fine-tune on")
 
 
 def _widths(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
@@ -157,7 +184,7 @@ def save_model(model: nn.Module, folder: str | os.PathLike, example_inputs: Any,
     removed).
     """
     model = unwrap(model)
-    folder = Path(folder)
+    folder = folder_path(folder, "folder")
     paths: dict[str, Any] = {"module": atomic_write(folder / "model.pt", lambda f: torch.save(model, f)),
                              "exported": None, "export_error": None}
     args, kwargs = call_args(model, example_inputs, inputs)
@@ -174,6 +201,15 @@ def save_model(model: nn.Module, folder: str | os.PathLike, example_inputs: Any,
         (folder / "model.pt2").unlink(missing_ok=True)
         paths["export_error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
     return paths
+
+
+def _empty(data: Iterable) -> bool:
+    """Whether ``data`` has no batches; by its length where it has one, since a pass over a shuffling
+    DataLoader would draw from its random generator and change the order of the next passes."""
+    try:
+        return len(data) == 0
+    except TypeError:
+        return next(iter(data), None) is None
 
 
 def _arguments(layers, rule: Rule, fine_tune_epochs: int, seed: int, apoz_batches, dead: bool) -> dict:
@@ -231,15 +267,28 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     fine_tune_epochs = integer(fine_tune_epochs, "fine_tune_epochs", minimum=0)
     seed = integer(seed, "seed")
     apoz_batches = optional_positive_int(apoz_batches, "apoz_batches")
-    if not isinstance(rule, Rule):
-        raise TypeError(f"rule must be a pozfast.prune.Rule, got {type(rule).__name__}")
+    instance(rule, Rule, "rule", "a pozfast.prune.Rule")
     layer_names = list(layers) if isinstance(layers, Mapping) else names(layers, "layers")
+    if not layer_names:
+        raise ValueError("layers is empty: name the Conv/Linear layers to trim")
+    train_data = batch_iterable(train_data, "train_data", reusable=True)  # every round goes over both again
+    val_data = batch_iterable(val_data, "val_data", reusable=True)
+    optional_function(loss_fn, "loss_fn", "(output, batch) -> scalar loss tensor")
+    optional_function(optimizer_factory, "optimizer_factory", "parameters -> torch.optim.Optimizer")
+    if checkpoint_dir is not None:
+        folder_path(checkpoint_dir, "checkpoint_dir")
     model = unwrap(model)
-    device = torch.device(device) if device is not None else model_device(model)
+    device = run_device(model, device)
     factory = optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9))
+    # the rest is checked before round 1 changes the model: data, and what the factory makes
     example = next(iter(val_data), None)
     if example is None:
         raise ValueError("val_data yielded no batches")
+    if fine_tune_epochs and _empty(train_data):
+        raise ValueError("train_data yielded no batches: nothing to fine-tune on (fine_tune_epochs=0 trims without)")
+    made = factory([p for p in model.parameters() if p.requires_grad])
+    if not isinstance(made, torch.optim.Optimizer):
+        raise TypeError(f"optimizer_factory must return a torch.optim.Optimizer, got {type(made).__name__}")
     example = to_device(example, device)
     check_plan(model, {n: [] for n in layer_names})  # every layer exists and is prunable
     keys = dict(layers) if isinstance(layers, Mapping) else relu_keys(model, layer_names, example, inputs=inputs)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
+
+import torch
 
 
 def integer(value: Any, name: str, *, minimum: int | None = None) -> int:
@@ -51,3 +56,54 @@ def names(value: Any, name: str) -> list[str]:
     if bad:
         raise TypeError(f"{name} must hold strings, got {bad[:3]!r}")
     return items
+
+
+def instance(value: Any, cls: type, name: str, what: str) -> Any:
+    """``value`` if it is a ``cls``; ``what`` says what was expected (e.g. ``"a pozfast.APoZReport"``)."""
+    if not isinstance(value, cls):
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return value
+
+
+def optional_function(value: Any, name: str, what: str) -> Callable | None:
+    """None or a callable; ``what`` is its signature in words (e.g. ``"batch -> model input"``)."""
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be a function {what}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def batch_iterable(value: Any, name: str, *, reusable: bool = False) -> Iterable:
+    """An iterable of batches; ``reusable``: one that can be iterated again, not an iterator or generator
+    (a second pass over those silently sees no batches)."""
+    if not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an iterable of batches (a DataLoader or a list), got "
+                        f"{type(value).__name__}")
+    if reusable and isinstance(value, Iterator):
+        raise TypeError(f"{name} must be iterable more than once (a DataLoader or a list), got the "
+                        f"{type(value).__name__}, which the first pass would use up")
+    return value
+
+
+def device(value: Any, name: str = "device") -> torch.device:
+    """A ``torch.device`` or its name, of a kind this machine has (``"cuda:7"`` on a 2-GPU machine is refused)."""
+    if isinstance(value, bool) or not isinstance(value, (str, torch.device, numbers.Integral)):
+        raise TypeError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {type(value).__name__}")
+    try:
+        dev = torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {value!r}") from None
+    backend = getattr(torch, dev.type, None)  # torch.cuda, torch.xpu, torch.mps...
+    available = getattr(backend, "is_available", lambda: True)()
+    count = getattr(backend, "device_count", None)
+    if not available or (dev.index is not None and count is not None and dev.index >= count()):
+        raise ValueError(f"{name} {str(dev)!r} is not available on this machine "
+                         f"({count() if available and count else 0} {dev.type} devices)")
+    return dev
+
+
+def folder_path(value: str | os.PathLike, name: str) -> Path:
+    """A folder path that is a folder or does not exist yet (it is created when written)."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{name} {path} is not a folder; give a folder path")
+    return path
