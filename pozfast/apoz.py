@@ -17,6 +17,7 @@ from torch import nn
 
 from pozfast._io import atomic_write
 from pozfast.batches import batch_size, call_args, run_model, to_device
+from pozfast.distributed import initialized
 from pozfast.modules import kept_modes, run_device
 from pozfast.report import APoZReport
 from pozfast.tracking import APoZTracker, track_apoz
@@ -66,7 +67,7 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
         if max_batches is not None and done > max_batches:
             raise ValueError(f"checkpoint {checkpoint} holds {done} batches, more than max_batches={max_batches}; "
                              "delete it or raise max_batches")
-    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    distributed = initialized()
     bar = _progress_bar(data, max_batches, progress)
     seen = 0
     try:

@@ -33,7 +33,6 @@ what it tracks. Tracking works on the thread that entered it (TorchFunctionMode 
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import weakref
@@ -45,9 +44,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
+from pozfast import distributed
 from pozfast.modules import eager, fingerprint, model_device, module_names, unwrap
 from pozfast.ops.relu_count import count_zeros_reference, relu_count
 from pozfast.report import APoZReport, LayerAPoZ
+from pozfast.sites import Site, all_reduce_sites, dim_keys, select_sites, site_keys, union_names
 from pozfast.validate import instance, integer, names
 
 _RELU = {F.relu: False, torch.relu: False, Tensor.relu: False,
@@ -74,26 +75,6 @@ def _producer_channel_dim(module: nn.Module) -> int | None:
 
 def _default_channel_dim(x: Tensor) -> int:
     return -1 if x.dim() == 3 else 1
-
-
-def _union(*groups: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(n for g in groups for n in g))
-
-
-@dataclasses.dataclass
-class _Site:
-    module: str
-    call: int
-    channel_dim: int
-    zeros: Tensor
-    producers: tuple[str, ...] = ()
-    total: int = 0
-    examples: int = 0
-    committed: bool = False
-    # this forward's counts, added to the totals when the forward completes
-    p_zeros: Tensor | None = None
-    p_total: int = 0
-    p_examples: int = 0
 
 
 class _Active(threading.local):
@@ -170,8 +151,8 @@ class APoZTracker:
         names(dims, "channel_dims")  # its keys: layer keys or module names
         self.channel_dims = {k: integer(v, f"channel_dims[{k!r}]") for k, v in dims.items()}
         self._names = module_names(model)
-        self._sites: dict[tuple[str, int], _Site] = {}
-        self._touched: list[_Site] = []
+        self._sites: dict[tuple[str, int], Site] = {}
+        self._touched: list[Site] = []
         self._calls: dict[str, int] = {}
         self._producers: dict[int, tuple[weakref.ref, int | None, tuple[str, ...]]] = {}
         self._handles: list = []
@@ -274,10 +255,10 @@ class APoZTracker:
         seen = [s for s in (self._producer(a) for a in args if isinstance(a, Tensor)) if s is not None]
         if seen:
             dim = seen[0][1] if isinstance(args[0], Tensor) and out.shape == args[0].shape else None
-            self._producers[id(out)] = (weakref.ref(out), dim, _union(*(s[2] for s in seen)))
+            self._producers[id(out)] = (weakref.ref(out), dim, union_names(*(s[2] for s in seen)))
 
     # --- counting ----------------------------------------------------------------------------------
-    def _site(self, owner: nn.Module | None, x: Tensor) -> _Site | None:
+    def _site(self, owner: nn.Module | None, x: Tensor) -> Site | None:
         """This forward's site for a ReLU call by ``owner`` (None when the owner is not tracked)."""
         module = self._names.get(owner)
         if module is None:
@@ -293,25 +274,25 @@ class APoZTracker:
                 raise ValueError(f"channel_dims gives axis {cd} for ReLU call {call} of {module or '<root>'!r}, "
                                  f"whose activation has shape {tuple(x.shape)}")
             cd %= x.dim()
-            site = self._sites[(module, call)] = _Site(
+            site = self._sites[(module, call)] = Site(
                 module, call, cd, torch.zeros(x.shape[cd], dtype=torch.int64, device=x.device), producers)
         elif x.dim() <= site.channel_dim or x.shape[site.channel_dim] != site.zeros.numel():
             raise RuntimeError(f"ReLU call {call} of module {module or '<root>'!r} saw shape "
                                f"{tuple(x.shape)}, but earlier {site.zeros.numel()} channels on axis "
                                f"{site.channel_dim}")
         elif producers and producers != site.producers:
-            site.producers = _union(site.producers, producers)
+            site.producers = union_names(site.producers, producers)
         return site
 
     def _channel_dim(self, x: Tensor, module: str, call: int, seen) -> int:
-        for k in _dim_keys(module, call):
+        for k in dim_keys(module, call):
             if k in self.channel_dims:
                 return self.channel_dims[k]
         if seen is not None and seen[1] is not None:
             return seen[1]
         return _default_channel_dim(x)
 
-    def _add(self, site: _Site, x: Tensor, zeros: Tensor) -> None:
+    def _add(self, site: Site, x: Tensor, zeros: Tensor) -> None:
         if site.p_zeros is None:
             site.p_zeros = zeros
             self._touched.append(site)
@@ -323,7 +304,7 @@ class APoZTracker:
     # --- results -----------------------------------------------------------------------------------
     def keys(self) -> list[str]:
         """Keys of the call sites seen so far, in forward order."""
-        return list(_site_keys(self._sites).values())
+        return list(site_keys(self._sites).values())
 
     def report(self, reduce: bool = True) -> APoZReport:
         """The counts so far as an :class:`APoZReport`.
@@ -332,25 +313,25 @@ class APoZTracker:
         all ranks (every rank must call this), so every rank gets the report of the union of their data.
         """
         sites = self._sites
-        if reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
-            sites = _all_reduce_sites(sites)
+        if reduce and distributed.initialized():
+            sites = all_reduce_sites(sites)
         if not sites:
             raise ValueError(f"no ReLU output was counted: {type(self.root).__name__} has no ReLU (nn.ReLU, F.relu, "
                              "torch.relu, Tensor.relu) in its forward, or no forward of it completed while tracking")
-        keys = _site_keys(sites)
+        keys = site_keys(sites)
         return APoZReport([LayerAPoZ(key=keys[s], module=sites[s].module, call=sites[s].call,
                                      channel_dim=sites[s].channel_dim, zeros=sites[s].zeros.cpu(),
                                      total=sites[s].total, examples=sites[s].examples,
                                      producers=sites[s].producers)
                            for s in self._selected(sites)])
 
-    def _selected(self, sites: Mapping[tuple[str, int], _Site]) -> list[tuple[str, int]]:
+    def _selected(self, sites: Mapping[tuple[str, int], Site]) -> list[tuple[str, int]]:
         """The sites ``layers`` names; a name in ``layers`` or ``channel_dims`` that matches no site is an error."""
-        matched = {k for module, call in sites for k in _dim_keys(module, call)}
+        matched = {k for module, call in sites for k in dim_keys(module, call)}
         unknown = [k for k in self.channel_dims if k not in matched]
         if unknown:
             raise KeyError(f"channel_dims names {unknown[0]!r}, which is neither a ReLU site (key, or key:call) nor a "
-                           f"module that calls ReLU; sites: {list(_site_keys(sites).values())}")
+                           f"module that calls ReLU; sites: {list(site_keys(sites).values())}")
         return select_sites(sites, self.layers)
 
     def reset(self) -> None:
@@ -376,7 +357,7 @@ class APoZTracker:
                              "shapes differ")
         device = model_device(self.model)
         try:
-            sites = {(s["module"], s["call"]): _Site(s["module"], s["call"], s["channel_dim"], s["zeros"].to(device),
+            sites = {(s["module"], s["call"]): Site(s["module"], s["call"], s["channel_dim"], s["zeros"].to(device),
                                                      tuple(s["producers"]), s["total"], s["examples"], True)
                      for s in state["sites"]}
             batches = integer(state["batches"], "batches", minimum=0)
@@ -386,69 +367,6 @@ class APoZTracker:
         self._sites = sites
         self._touched.clear()
         self.batches = batches
-
-
-def _site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
-    """Readable keys: the module path, plus ':call' for modules that call ReLU more than once."""
-    calls: dict[str, int] = {}
-    for module, call in sites:
-        calls[module] = max(calls.get(module, 0), call + 1)
-    return {(m, c): (m or "<root>") + (f":{c}" if calls[m] > 1 else "") for m, c in sites}
-
-
-def _dim_keys(module: str, call: int) -> tuple[str, ...]:
-    """The ``channel_dims`` keys that name ReLU call ``call`` of ``module``: ``key:call`` and the key."""
-    shown = module or "<root>"
-    return f"{shown}:{call}", shown
-
-
-def select_sites(sites: Mapping[tuple[str, int], _Site], layers: list[str] | None) -> list[tuple[str, int]]:
-    """The sites named by ``layers``, in forward order (all when None): a key; a module name, which
-    selects every site inside that module; or a producer (Conv/Linear) name, which selects the sites
-    its output reaches."""
-    if layers is None:
-        return list(sites)
-    keys = _site_keys(sites)
-    chosen: set[tuple[str, int]] = set()
-    for wanted in layers:
-        match = {s for s, k in keys.items() if k == wanted or s[0] == wanted or s[0].startswith(wanted + ".")
-                 or wanted in sites[s].producers}
-        if not match:
-            raise KeyError(f"layer {wanted!r} is not a ReLU call site of this model, a module containing one or "
-                           f"a layer whose output reaches one; sites: {list(keys.values())}")
-        chosen |= match
-    return [s for s in keys if s in chosen]
-
-
-def _all_reduce_sites(sites: dict[tuple[str, int], _Site]) -> dict[tuple[str, int], _Site]:
-    """Sum the counts of every rank; ranks that saw fewer (or no) call sites contribute zeros."""
-    dist = torch.distributed
-    local = [(s.module, s.call, s.channel_dim, s.zeros.numel(), s.producers) for s in sites.values()]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, local)
-    union: dict[tuple[str, int], tuple[int, int]] = {}
-    producers: dict[tuple[str, int], tuple[str, ...]] = {}
-    for rank_sites in gathered:
-        for module, call, cd, channels, prods in rank_sites:
-            if union.setdefault((module, call), (cd, channels)) != (cd, channels):
-                raise RuntimeError(f"ranks disagree on ReLU call {call} of {module or '<root>'!r}: "
-                                   f"{union[(module, call)]} vs {(cd, channels)} (channel axis, channels)")
-            producers[(module, call)] = _union(producers.get((module, call), ()), prods)
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-    parts = []
-    for key, (_, channels) in union.items():
-        s = sites.get(key)
-        zeros = s.zeros.to(device) if s else torch.zeros(channels, dtype=torch.int64, device=device)
-        extra = torch.tensor([s.total if s else 0, s.examples if s else 0], dtype=torch.int64, device=device)
-        parts += [zeros, extra]
-    flat = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=device)
-    dist.all_reduce(flat)
-    out, offset = {}, 0
-    for (module, call), (cd, channels) in union.items():
-        zeros, (total, examples) = flat[offset:offset + channels], flat[offset + channels:offset + channels + 2].tolist()
-        out[(module, call)] = _Site(module, call, cd, zeros.cpu(), producers[(module, call)], total, examples, True)
-        offset += channels + 2
-    return out
 
 
 def track_apoz(model: nn.Module, layers: Iterable[str] | None = None,
