@@ -170,6 +170,17 @@ def _count_or_fraction(text: str) -> int | float:
         return float(text)
 
 
+def _join_torchrun(device: str | None) -> None:
+    """Under torchrun (WORLD_SIZE > 1 in the environment), start the process group: NCCL on GPUs, else gloo."""
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+
+
 def cmd_trim(args: argparse.Namespace) -> int:
     import torch
 
@@ -179,12 +190,15 @@ def cmd_trim(args: argparse.Namespace) -> int:
     ckpt = output_folder(args.out)
     if (ckpt / "state.pt").exists() and not args.resume:
         raise CLIError(f"{ckpt} holds an earlier run; pass --resume to continue it or choose another --out")
+    _join_torchrun(args.device)
     model = call_spec(args.model, "model")
     train, val = call_spec(args.train_data, "training data"), call_spec(args.val_data, "validation data")
     result = prune.trim(model, train, val, layers=args.layers, rule=rule, rounds=args.rounds,
                         fine_tune_epochs=args.epochs, checkpoint_dir=ckpt, device=args.device,
                         optimizer_factory=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
                         progress=not args.no_progress, seed=args.seed, remove_dead=args.remove_dead)
+    if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
+        return 0  # rank 0 reports
     if result.dead is not None:
         d = result.dead
         print(f"dead channels removed first: {d['channels']}, {d['compression']:.3f}x compression, top-1 "
@@ -266,7 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "a Table-4 style table (trim.csv, trim.json) and the trimmed model (model.pt, model.pt2) to "
                     "--out, which is also the checkpoint folder.",
         epilog="example: pozfast trim --model m:build --train-data m:train_loader --val-data m:val_loader "
-               "--layers features.28 classifier.0 --rule threshold --amount 0.9 --rounds 4")
+               "--layers features.28 classifier.0 --rule threshold --amount 0.9 --rounds 4\n\n"
+               "on several GPUs or processes (one per GPU; the data functions return each rank's shard, e.g. a\n"
+               "DataLoader with a DistributedSampler; rank 0 writes --out):\n"
+               "  torchrun --nproc-per-node 4 -m pozfast.cli trim --model m:build --train-data m:train_loader \\\n"
+               "      --val-data m:val_loader --layers features.28 classifier.0 --rounds 4",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", required=True, metavar="MODULE:FUNCTION", help="function returning the trained model")
     t.add_argument("--train-data", required=True, metavar="MODULE:FUNCTION", help="(inputs, targets) batches to fine-tune on")
     t.add_argument("--val-data", required=True, metavar="MODULE:FUNCTION", help="(inputs, targets) batches for APoZ and accuracy")

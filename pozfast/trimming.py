@@ -17,21 +17,22 @@ from torch.utils._pytree import tree_map
 
 from pozfast._io import atomic_write, atomic_write_text, json_text
 from pozfast.apoz import apoz
-from pozfast.batches import IGNORE_INDEX, Inputs, batch_targets, call_args, call_model, default_loss, output_logits, to_device
+from pozfast.batches import Inputs, call_args, to_device
+from pozfast.distributed import agree, broadcast, gather, initialized, is_main, sync
 from pozfast.modules import fingerprint, kept_modes, model_device, run_device, unwrap
 from pozfast.selection import Rule, relu_keys, resolve_layers, select_channels
+from pozfast.training import LossFn, Targets, evaluate, fine_tune
 from pozfast.surgery import check_plan, compression_rate, count_params, coupled_groups, out_channels, remove_channels
 from pozfast.validate import (batch_iterable, folder_path, instance, integer, names, optional_function,
-                              optional_positive_int)
+                              optional_positive_int, real)
 
-Targets = Callable[[Any], Tensor]
-LossFn = Callable[[Any, Any], Tensor]
 STATE_FORMAT = "pozfast-trim-state"
 
 
 @dataclasses.dataclass
 class TrimResult:
-    """One row per round, like the paper's Table 4 (round 0 is the untrimmed model).
+    """One row per round, like the paper's Table 4 (round 0 is the untrimmed model); ``removed`` holds
+    the round's plan, ``{layer: channel indices}`` in the layer's numbering before that round.
 
     ``dead``: the summary of :func:`pozfast.prune.remove_dead` when dead channels were removed before
     the rounds. ``export_error``: why ``model.pt2`` could not be written, if it could not.
@@ -77,81 +78,6 @@ class TrimResult:
             writer.writerow([r["round"], *(r["widths"][n] for n in self.layers), r["params"], r["compression"],
                              r["top1_before"], r["top1_after"], r["top5_before"], r["top5_after"]])
         atomic_write_text(folder / "trim.csv", buf.getvalue())
-
-
-def evaluate(model: nn.Module, data: Iterable, device: str | torch.device | None = None, *,
-             inputs: Inputs | None = None, targets: Targets | None = None) -> tuple[float, float | None]:
-    """(top-1, top-5) accuracy of the logits ``[..., C]`` (a tensor output, Hugging Face ``.logits``)
-    against class-index targets ``[...]`` (``-100`` ignored), in eval mode; top-5 is None under 5
-    classes. Batches and targets: :mod:`pozfast.batches`."""
-    device = run_device(model, device)
-    data = batch_iterable(data, "data")
-    correct1 = correct5 = total = 0
-    classes = 0
-    with kept_modes(model, False), torch.no_grad():
-        for index, batch in enumerate(data):
-            logits = output_logits(call_model(model, batch, inputs, device, f"batch {index} of data"))
-            y = torch.as_tensor(batch_targets(batch, targets)).to(logits.device).reshape(-1)
-            logits = logits.reshape(-1, logits.shape[-1])
-            if logits.shape[0] != y.numel():
-                raise ValueError(f"the model gave {logits.shape[0]} predictions for {y.numel()} targets; pass "
-                                 "targets= that returns one class index per prediction")
-            classes = logits.shape[1]
-            _check_targets(y, classes)
-            kept = y != IGNORE_INDEX
-            logits, y = logits[kept], y[kept]
-            top = logits.topk(min(5, classes), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(1).sum().item()
-            total += y.numel()
-    if total == 0:
-        raise ValueError("evaluation data yielded no batches (or only ignored targets)")
-    return correct1 / total, (correct5 / total if classes >= 5 else None)
-
-
-def _check_targets(y: Tensor, classes: int) -> None:
-    """Targets that are no class index would silently count as wrong predictions."""
-    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
-        raise TypeError(f"targets must be integer class indices, got {y.dtype}; convert them with .long() or pass "
-                        "targets=lambda batch: ... that returns them")
-    bad = y[(y != IGNORE_INDEX) & ((y < 0) | (y >= classes))]
-    if bad.numel():
-        raise ValueError(f"targets must be class indices in [0, {classes}) (or {IGNORE_INDEX}, ignored) for a model "
-                         f"with {classes} logits per prediction, got {bad[0].item()}")
-
-
-def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.optim.Optimizer,
-              device: str | torch.device | None = None, *, loss_fn: LossFn | None = None,
-              inputs: Inputs | None = None, targets: Targets | None = None, progress: bool = True) -> None:
-    """``epochs`` passes over ``data`` in train mode (flags restored after).
-
-    ``loss_fn(output, batch)``; default: the output's ``.loss`` (Hugging Face models given labels), else
-    cross-entropy of the logits against the batch's targets (:func:`pozfast.batches.default_loss`).
-    """
-    from tqdm.auto import tqdm
-
-    epochs = integer(epochs, "epochs", minimum=0)
-    instance(optimizer, torch.optim.Optimizer, "optimizer", "a torch.optim.Optimizer")
-    data = batch_iterable(data, "data", reusable=epochs > 1)
-    optional_function(loss_fn, "loss_fn", "(output, batch) -> scalar loss tensor")
-    device = run_device(model, device)
-    with kept_modes(model, True):
-        for epoch in range(epochs):
-            seen = 0
-            for batch in tqdm(data, desc=f"fine-tune epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
-                optimizer.zero_grad(set_to_none=True)
-                output = call_model(model, batch, inputs, device, f"batch {seen} of data")
-                if loss_fn is None:
-                    loss = default_loss(output, batch, targets)
-                else:
-                    loss = loss_fn(output, batch)
-                    if not isinstance(loss, Tensor) or loss.numel() != 1:
-                        raise TypeError(f"loss_fn must return a scalar tensor, got {type(loss).__name__} {loss!r:.80}")
-                loss.backward()
-                optimizer.step()
-                seen += 1
-            if not seen:
-                raise ValueError("data yielded no batches: nothing to fine-tune on")
 
 
 def _widths(model: nn.Module, layers: Sequence[str]) -> dict[str, int]:
@@ -242,7 +168,8 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
          optimizer_factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
          checkpoint_dir: str | os.PathLike | None = None, device: str | torch.device | None = None,
          seed: int = 0, progress: bool = True, apoz_batches: int | None = None, inputs: Inputs | None = None,
-         targets: Targets | None = None, loss_fn: LossFn | None = None, remove_dead: bool = False) -> TrimResult:
+         targets: Targets | None = None, loss_fn: LossFn | None = None, remove_dead: bool = False,
+         sync_timeout: float = 600.0) -> TrimResult:
     """Iterative trimming: per round measure APoZ on ``val_data``, select by ``rule``, remove structurally,
     evaluate, fine-tune ``fine_tune_epochs`` on ``train_data`` with a fresh optimizer from
     ``optimizer_factory(params)`` (default SGD, lr 0.01, momentum 0.9), evaluate again.
@@ -260,6 +187,15 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     last finished round, giving the same table (seeded per round); asking for more rounds continues the
     run; another model or other arguments are an error. The final model is saved there with
     :func:`save_model`.
+
+    Under ``torch.distributed`` (launched by ``torchrun``; every rank calls ``trim`` with its own shard of
+    the data, e.g. through a ``DistributedSampler``): the ranks check that they agree on the arguments and
+    the model; APoZ and accuracy are summed over the ranks' shards; the plan is computed from the summed
+    report and checked identical on every rank; surgery runs on the inner module of every rank, which is
+    then wrapped anew in DistributedDataParallel (with the given wrapper's settings) for fine-tuning with a
+    fresh optimizer, the sampler's epoch set each epoch. Rank 0 writes the checkpoints and the saved model;
+    every rank resumes from them (a resume may use another world size). A rank that stops or lags is named
+    by the others after ``sync_timeout`` seconds (gloo).
     """
     from pozfast.dead import remove_dead as remove_dead_channels
 
@@ -267,6 +203,7 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     fine_tune_epochs = integer(fine_tune_epochs, "fine_tune_epochs", minimum=0)
     seed = integer(seed, "seed")
     apoz_batches = optional_positive_int(apoz_batches, "apoz_batches")
+    sync_timeout = real(sync_timeout, "sync_timeout", low=0.0, low_open=True)
     instance(rule, Rule, "rule", "a pozfast.prune.Rule")
     layer_names = list(layers) if isinstance(layers, Mapping) else names(layers, "layers")
     if not layer_names:
@@ -277,11 +214,22 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     optional_function(optimizer_factory, "optimizer_factory", "parameters -> torch.optim.Optimizer")
     if checkpoint_dir is not None:
         folder_path(checkpoint_dir, "checkpoint_dir")
+    wrapper = _ddp_settings(model)
     model = unwrap(model)
     device = run_device(model, device)
     factory = optimizer_factory or (lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9))
+    arguments = _arguments(layers if isinstance(layers, Mapping) else layer_names, rule, fine_tune_epochs, seed,
+                           apoz_batches, remove_dead)
+    model_fp = fingerprint(model)
     # the rest is checked before round 1 changes the model: data, and what the factory makes
     example = next(iter(val_data), None)
+    if initialized():
+        sync("trim: the ranks' start", sync_timeout)  # a rank that failed a check above is named here
+        agree((arguments, model_fp), "the trimming arguments (layers, rule, epochs, seed) or the model")
+        empty = [r for r, has in enumerate(gather(example is not None)) if not has]
+        if empty:
+            raise ValueError(f"ranks {empty} have no validation batches; give every rank a shard of val_data")
+        example = broadcast(example)  # tracing and dead-channel folds see the same batch on every rank
     if example is None:
         raise ValueError("val_data yielded no batches")
     if fine_tune_epochs and _empty(train_data):
@@ -292,18 +240,16 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
     example = to_device(example, device)
     check_plan(model, {n: [] for n in layer_names})  # every layer exists and is prunable
     keys = dict(layers) if isinstance(layers, Mapping) else relu_keys(model, layer_names, example, inputs=inputs)
-    arguments = _arguments(layers if isinstance(layers, Mapping) else layer_names, rule, fine_tune_epochs, seed,
-                           apoz_batches, remove_dead)
-    model_fp = fingerprint(model)
     ckpt = Path(checkpoint_dir) / "state.pt" if checkpoint_dir is not None else None
-    measure = dict(device=device, progress=progress, max_batches=apoz_batches, inputs=inputs)
+    measure = dict(device=device, progress=progress and is_main(), max_batches=apoz_batches, inputs=inputs)
     score = dict(inputs=inputs, targets=targets)
 
     def save_state():
-        if ckpt is not None:
+        if ckpt is not None and is_main():
             state = {"format": STATE_FORMAT, "model": model_fp, "arguments": arguments, "trimmed": model,
                      "rows": rows, "dead": dead}
             atomic_write(ckpt, lambda f: torch.save(state, f))
+        sync("trim: writing the checkpoint", sync_timeout)
 
     if ckpt is not None and ckpt.exists():
         state = _load_state(ckpt, model_fp, arguments, rounds, device)
@@ -325,18 +271,44 @@ def trim(model: nn.Module, train_data: Iterable, val_data: Iterable, *, layers: 
         if not isinstance(layers, Mapping):
             keys = resolve_layers(report, layer_names)
         plan = select_channels(report, keys, rule, coupled_groups(model, layer_names, example, inputs=inputs))
+        agree(plan, f"the channels to remove in round {rnd}")
         remove_channels(model, plan, example, inputs=inputs)
         top1_b, top5_b = evaluate(model, val_data, device, **score)
-        optimizer = factory([p for p in model.parameters() if p.requires_grad])
-        fine_tune(model, train_data, fine_tune_epochs, optimizer, device, loss_fn=loss_fn, progress=progress, **score)
+        trained = _rewrapped(model, wrapper, device)  # the old wrapper holds the parameters surgery replaced
+        optimizer = factory([p for p in trained.parameters() if p.requires_grad])
+        fine_tune(trained, train_data, fine_tune_epochs, optimizer, device, loss_fn=loss_fn,
+                  progress=progress and is_main(), first_epoch=(rnd - 1) * fine_tune_epochs, **score)
         top1_a, top5_a = evaluate(model, val_data, device, **score)
         params = count_params(model)
         rows.append(dict(round=rnd, widths=_widths(model, layer_names), params=params,
-                         compression=compression_rate(params0, params), removed={k: len(v) for k, v in plan.items()},
+                         compression=compression_rate(params0, params), removed=plan,
                          top1_before=top1_b, top1_after=top1_a, top5_before=top5_b, top5_after=top5_a))
         save_state()
     result = TrimResult(layer_names, rows, model, dead)
     if checkpoint_dir is not None:
-        result.export_error = save_model(model, checkpoint_dir, example, inputs=inputs)["export_error"]
-        result.save(checkpoint_dir)
+        if is_main():
+            result.export_error = save_model(model, checkpoint_dir, example, inputs=inputs)["export_error"]
+            result.save(checkpoint_dir)
+        result.export_error = broadcast(result.export_error)
     return result
+
+
+def _ddp_settings(model: nn.Module) -> dict[str, Any] | None:
+    """The settings of a DistributedDataParallel wrapper, to wrap the trimmed module again the same way."""
+    if not isinstance(model, nn.parallel.DistributedDataParallel):
+        return None
+    if not initialized():
+        raise RuntimeError("the model is wrapped in DistributedDataParallel but no torch.distributed process group "
+                           "is initialised; launch with torchrun and call torch.distributed.init_process_group")
+    return {"device_ids": model.device_ids, "output_device": model.output_device,
+            "broadcast_buffers": model.broadcast_buffers, "find_unused_parameters": model.find_unused_parameters}
+
+
+def _rewrapped(model: nn.Module, settings: dict[str, Any] | None, device: torch.device) -> nn.Module:
+    """``model`` in a new DistributedDataParallel wrapper under a process group, else ``model`` itself."""
+    if not initialized():
+        return model
+    if settings is None:
+        settings = {"device_ids": [device.index if device.index is not None else torch.cuda.current_device()]
+                    if device.type == "cuda" else None}
+    return nn.parallel.DistributedDataParallel(model, **settings)

@@ -177,3 +177,20 @@ class DataDependent(nn.Module):
 
     def forward(self, x):
         return self.fc(x) if float(x.sum()) > 0 else -self.fc(x)
+
+
+class PlainCNN(nn.Module):
+    """Convolutions and FC layers without BatchNorm or dropout: data-parallel fine-tuning on shards equals
+    one process on their union (batch statistics would differ)."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc1 = nn.Linear(8 * 4 * 4, 24)
+        self.fc2 = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2).flatten(1)
+        return self.fc2(F.relu(self.fc1(x)))
