@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 from pozfast.batches import Inputs, call_model
 from pozfast.modules import kept_modes, unwrap
 from pozfast.report import APoZReport
-from pozfast.surgery import (PRUNABLE, _pruning_fn, count_params, coupled_groups, dependency_graph, out_channels,
+from pozfast.surgery import (PRUNABLE, pruning_fn, count_params, coupled_groups, dependency_graph, out_channels,
                              remove_channels, transaction)
 from pozfast.validate import instance, names
 
@@ -126,7 +126,7 @@ def _consumers(model: nn.Module, plan: dict[str, list[int]], example: Any,
     graph = dependency_graph(model, example, inputs)
     found: dict[nn.Module, set[int]] = {}
     for name, idx in plan.items():
-        for dep, ids in graph.get_pruning_group(modules[name], _pruning_fn(modules[name]), idxs=idx):
+        for dep, ids in graph.get_pruning_group(modules[name], pruning_fn(modules[name]), idxs=idx):
             if dep.handler in (tp.prune_conv_in_channels, tp.prune_linear_in_channels):
                 found.setdefault(dep.target.module, set()).update(int(i) for i in ids)
     return {m: sorted(v) for m, v in found.items()}

@@ -44,7 +44,7 @@ def out_channels(m: nn.Module) -> int:
     return m.out_channels if isinstance(m, nn.modules.conv._ConvNd) else m.out_features
 
 
-def _pruning_fn(m: nn.Module):
+def pruning_fn(m: nn.Module):
     import torch_pruning as tp
 
     return tp.prune_conv_out_channels if isinstance(m, nn.modules.conv._ConvNd) else tp.prune_linear_out_channels
@@ -143,7 +143,7 @@ def remove_channels(model: nn.Module, plan: Mapping[str, Sequence[int]], example
     coupled = {}
     with transaction(model):
         for name, idx in plan.items():
-            group = graph.get_pruning_group(modules[name], _pruning_fn(modules[name]), idxs=idx)
+            group = graph.get_pruning_group(modules[name], pruning_fn(modules[name]), idxs=idx)
             if not graph.check_pruning_group(group):
                 raise ValueError(f"removing {len(idx)} channels of {name!r} would empty a coupled layer")
             coupled[name] = [(name_of.get(dep.target.module, str(dep.target.module)), dep.handler.__name__, len(i))
@@ -174,7 +174,7 @@ def coupled_groups(model: nn.Module, layers: Sequence[str], example_inputs: Any,
     for layer in layers:
         if layer in placed:
             continue
-        group = graph.get_pruning_group(modules[layer], _pruning_fn(modules[layer]), idxs=[0])
+        group = graph.get_pruning_group(modules[layer], pruning_fn(modules[layer]), idxs=[0])
         partners = {name_of.get(dep.target.module) for dep, _ in group
                     if dep.handler in (tp.prune_conv_out_channels, tp.prune_linear_out_channels)}
         members = [n for n in layers if n == layer or (n in partners and n not in placed)]

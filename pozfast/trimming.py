@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
+from pozfast import tables
 from pozfast._io import atomic_write, atomic_write_text, json_text
 from pozfast.apoz import apoz
 from pozfast.batches import Inputs, call_args, to_device
@@ -58,9 +59,7 @@ class TrimResult:
             if has_top5:
                 cells += [pct(r["top5_before"]), pct(r["top5_after"])]
             lines.append(cells)
-        w = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(headers)]
-        fmt = lambda cells: "| " + " | ".join(c.rjust(x) for c, x in zip(cells, w)) + " |"  # noqa: E731
-        return "\n".join([fmt(headers), "|" + "|".join("-" * (x + 2) for x in w) + "|", *map(fmt, lines)])
+        return tables.markdown(headers, lines)
 
     def to_json(self) -> dict:
         return {"layers": self.layers, "rows": self.rows, "dead": self.dead, "export_error": self.export_error}

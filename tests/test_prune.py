@@ -210,7 +210,26 @@ def test_demo_reduced(tmp_path):
     assert "| round |" in report and "R2 at 25% (low to high)" in report
     for png in ("apoz_fc1.png", "apoz_layers.png", "insertion_curves.png"):
         assert png in report and (tmp_path / "a" / png).exists()
-    assert json.loads((tmp_path / "a" / "results.json").read_text())["geometry"]["deck"]
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["geometry"]["deck"] and results["dead"]["channels"] > 0  # the digits CNN has dead FC units
+    assert "Dead channels removed first" in report and results["dead"]["max_rel_change"] <= 1e-5
+
+
+def test_interrupted_demo_rerun_leaves_the_complete_folder(tmp_path, monkeypatch):
+    from pozfast import demo
+
+    out = tmp_path / "demo"
+    demo.run(out, epochs=1, rounds=1, fine_tune_epochs=0, steps=4, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "insertion_curve", interrupted)  # after apoz.json and the trimming were written
+    with pytest.raises(KeyboardInterrupt):
+        demo.run(out, epochs=1, rounds=1, fine_tune_epochs=0, steps=4, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["demo"]  # no partial folder left beside it
 
 
 def test_trim_command(tmp_path):
