@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -20,12 +21,18 @@ def median_seconds(fns: dict[K, Callable[[], object]], *, reps: int = 10, warmup
     """Median wall time of each ``fn()`` over ``reps`` runs after ``warmup`` runs (CUDA-synchronised).
 
     The functions run round-robin, one call each per round, so that drift in the machine's load
-    (it is shared) affects every column alike and the ratios stay meaningful.
+    (it is shared) affects every column alike and the ratios stay meaningful. Each round calls them in
+    a new (seeded) random order: a function's time can depend on the call before it (memory the
+    allocator just returned, a buffer another call left in cache), and in scripts that rotate their
+    inputs call by call, a fixed order would give each function the same input buffer every round.
     """
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     times: dict[K, list[float]] = {key: [] for key in fns}
+    order = list(fns.items())
+    shuffle = random.Random(0).shuffle
     for rep in range(warmup + reps):
-        for key, fn in fns.items():
+        shuffle(order)
+        for key, fn in order:
             start = time.perf_counter()
             fn()
             sync()

@@ -1,6 +1,7 @@
 // Python bindings of pozfast._C. Tensors arrive as raw pointers and sizes (and a CUDA stream handle):
 // the module does not link libtorch, so one build serves any torch version.
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <stdexcept>
 #include <string>
@@ -15,6 +16,11 @@ namespace {
 pozfast::DType to_dtype(int code) {
   if (code < 0 || code > 3) throw std::invalid_argument("pozfast._C: unknown dtype code " + std::to_string(code));
   return static_cast<pozfast::DType>(code);
+}
+
+pozfast::RefMode to_ref_mode(int code) {
+  if (code < 0 || code > 2) throw std::invalid_argument("pozfast._C: ref_mode must be 0, 1 or 2");
+  return static_cast<pozfast::RefMode>(code);
 }
 
 template <typename T>
@@ -36,14 +42,20 @@ PYBIND11_MODULE(_C, m) {
 
   m.def(
       "relu_count_cpu",
-      [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, int dtype) {
+      [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, int dtype,
+         int threads) {
         const auto dt = to_dtype(dtype);
         py::gil_scoped_release release;
-        pozfast::relu_count_cpu(ptr<const void>(x), ptr<void>(y), ptr<int64_t>(counts), outer, channels, inner, dt);
+        return pozfast::relu_count_cpu(ptr<const void>(x), ptr<void>(y), ptr<int64_t>(counts), outer, channels,
+                                       inner, dt, threads);
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
-      py::arg("dtype"));
-  m.def("cpu_num_threads", &pozfast::cpu_num_threads);
+      py::arg("dtype"), py::arg("threads"), "Returns the number of threads that ran.");
+  m.def("cpu_isas", &pozfast::cpu_isas,
+        "[(name, runs on this CPU)] of the compiled CPU kernel builds, widest first.");
+  m.def("cpu_isa", &pozfast::cpu_isa, "The CPU kernel build in use.");
+  m.def("set_cpu_isa", &pozfast::set_cpu_isa, py::arg("name"),
+        "Use the named CPU kernel build from now on (ValueError if absent or this CPU cannot run it).");
 
   m.def(
       "pack_condensed_cpu",
@@ -60,11 +72,10 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t gram, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t s_rows,
          uintptr_t q_rows, uintptr_t s_cols, uintptr_t q_cols, double k, double eps, uintptr_t ref, int64_t ldr,
          int ref_mode, bool is_double) {
-        if (ref_mode < 0 || ref_mode > 2) throw std::invalid_argument("pozfast._C: ref_mode must be 0, 1 or 2");
         const pozfast::PairMomentsArgs args{ptr<const void>(gram), ldg, rows, cols, i0, j0, n,
                                             ptr<const double>(s_rows), ptr<const double>(q_rows),
                                             ptr<const double>(s_cols), ptr<const double>(q_cols), k, eps,
-                                            ptr<const void>(ref), ldr, ref_mode, is_double};
+                                            ptr<const void>(ref), ldr, to_ref_mode(ref_mode), is_double};
         double out[6] = {0, 0, 0, 0, 0, 0};
         {
           py::gil_scoped_release release;
@@ -112,11 +123,10 @@ PYBIND11_MODULE(_C, m) {
       [](uintptr_t gram, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t s_rows,
          uintptr_t q_rows, uintptr_t s_cols, uintptr_t q_cols, double k, double eps, uintptr_t ref, int64_t ldr,
          int ref_mode, bool is_double, uintptr_t scratch, uintptr_t moments, uintptr_t stream) {
-        if (ref_mode < 0 || ref_mode > 2) throw std::invalid_argument("pozfast._C: ref_mode must be 0, 1 or 2");
         const pozfast::PairMomentsArgs args{ptr<const void>(gram), ldg, rows, cols, i0, j0, n,
                                             ptr<const double>(s_rows), ptr<const double>(q_rows),
                                             ptr<const double>(s_cols), ptr<const double>(q_cols), k, eps,
-                                            ptr<const void>(ref), ldr, ref_mode, is_double};
+                                            ptr<const void>(ref), ldr, to_ref_mode(ref_mode), is_double};
         check_cuda(pozfast::pair_moments_cuda(args, ptr<double>(scratch), ptr<double>(moments), ptr<void>(stream)),
                    "pair_moments");
       });

@@ -1,12 +1,25 @@
 // RDM tile epilogues: the plain C++ interface shared by the CPU (and later CUDA) sources.
 //
 // A tile holds the Gram block G[r][c] (row stride ldg) of rows i0 + r and columns j0 + c of an N-row
-// data set. Condensed order is scipy's squareform order: pair (i, j), i < j, sits at
-// i*N - i*(i+1)/2 + (j - i - 1).
+// data set. Condensed order is scipy's squareform order (condensed_index).
 #pragma once
 #include <cstdint>
 
+#include "host_device.h"
+
 namespace pozfast {
+
+// Position of pair (i, j), i < j, in the condensed vector of an n-row data set.
+POZFAST_HD inline int64_t condensed_index(int64_t i, int64_t j, int64_t n) {
+  return i * n - i * (i + 1) / 2 + (j - i - 1);
+}
+
+// Where pair_moments reads the reference y of a pair; the values are those pozfast/ops/rdm_tiles.py passes.
+enum class RefMode : int {
+  Dissimilarity = 0,  // y = ref tile (row stride ldr)
+  Gram = 1,           // y = 1 - ref tile, a Gram tile of normalised rows
+  Condensed = 2,      // y = ref[condensed_index(i, j, n)]
+};
 
 // Pearson tiles to condensed dissimilarities: out[idx(i, j)] = 1 - tile[r][c] for every j > i in the
 // tile; NaN where bad[i] or bad[j] (zero-variance rows). is_double selects float64 buffers.
@@ -17,9 +30,7 @@ void pack_condensed_cpu(const void* tile, int64_t ldg, int64_t rows, int64_t col
 // moments = {n, sum x, sum y, sum x^2, sum y^2, sum x*y}, accumulated in float64 (added to).
 //   r = (G - s_i s_j / k) / sqrt(v_i v_j), v = q - s^2 / k; rows with v <= eps * q are skipped
 //   (zero variance). Plain Pearson tiles pass s = 0, q = 1, k = 1.
-//   The reference: ref_mode 0: y = ref tile (dissimilarities, row stride ldr);
-//   1: y = 1 - ref tile (a Gram tile of normalised rows); 2: y = ref[idx(i, j)] of a condensed vector.
-//   Pairs whose y is NaN are skipped.
+//   The reference y as ref_mode says; pairs whose y is NaN are skipped.
 struct PairMomentsArgs {
   const void* gram;
   int64_t ldg, rows, cols, i0, j0, n;
@@ -30,7 +41,7 @@ struct PairMomentsArgs {
   double k, eps;
   const void* ref;
   int64_t ldr;
-  int ref_mode;
+  RefMode ref_mode;
   bool is_double;
 };
 void pair_moments_cpu(const PairMomentsArgs& args, double* moments);

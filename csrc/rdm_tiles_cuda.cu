@@ -12,10 +12,6 @@ namespace {
 
 constexpr int kTile = 16;  // 16 x 16 threads per block, one pair each
 
-__device__ __forceinline__ int64_t condensed_index(int64_t i, int64_t j, int64_t n) {
-  return i * n - i * (i + 1) / 2 + (j - i - 1);
-}
-
 template <typename T>
 __global__ void pack_kernel(const T* __restrict__ tile, int64_t ldg, int64_t rows, int64_t cols, int64_t i0,
                             int64_t j0, int64_t n, const uint8_t* __restrict__ bad, T* __restrict__ out) {
@@ -40,10 +36,10 @@ __global__ void moments_kernel(PairMomentsArgs a, const double* __restrict__ m_r
   double v[6] = {0, 0, 0, 0, 0, 0};
   if (r < a.rows && c < a.cols && a.j0 + c > a.i0 + r && inv_rows[r] != 0.0 && inv_cols[c] != 0.0) {
     const int64_t i = a.i0 + r, j = a.j0 + c;
-    const double u = a.ref_mode == 2 ? double(ref[condensed_index(i, j, a.n)]) : double(ref[r * a.ldr + c]);
+    const double u = double(a.ref_mode == RefMode::Condensed ? ref[condensed_index(i, j, a.n)] : ref[r * a.ldr + c]);
     if (!isnan(u)) {
       const double x = 1.0 - (double(g[r * a.ldg + c]) - m_rows[r] * m_cols[c]) * inv_rows[r] * inv_cols[c];
-      const double y = a.ref_mode == 1 ? 1.0 - u : u;
+      const double y = a.ref_mode == RefMode::Gram ? 1.0 - u : u;
       v[0] = 1;
       v[1] = x;
       v[2] = y;

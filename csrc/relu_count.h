@@ -5,14 +5,25 @@
 // is overwritten with the number of y elements equal to zero (-0.0 included, NaN excluded).
 #pragma once
 #include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace pozfast {
 
 enum class DType : int { Float32 = 0, Float64 = 1, Float16 = 2, BFloat16 = 3 };
 
-void relu_count_cpu(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels,
-                    int64_t inner, DType dtype);
-int cpu_num_threads();
+// Runs on at most `threads` OpenMP threads (the caller passes torch.get_num_threads()); returns how many ran.
+int relu_count_cpu(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels, int64_t inner,
+                   DType dtype, int threads);
+
+// The CPU kernel builds compiled in, one per instruction set ("avx512", "avx2", "default"; "native" when
+// built for the build machine), widest first, each with whether this CPU can run it.
+std::vector<std::pair<std::string, bool>> cpu_isas();
+// The build relu_count_cpu uses: the widest that this CPU runs, unless set_cpu_isa chose another.
+const char* cpu_isa();
+// Use the named build from now on; std::invalid_argument if it is not compiled in or this CPU cannot run it.
+void set_cpu_isa(const std::string& name);
 
 #ifdef POZFAST_WITH_CUDA
 // Launches on `stream` (a cudaStream_t); returns a cudaError_t value (0 on success).

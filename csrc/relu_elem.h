@@ -7,30 +7,26 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define POZFAST_HD __host__ __device__ __forceinline__
-#else
-#define POZFAST_HD inline
-#endif
+#include "host_device.h"
 
 namespace pozfast {
 
 template <typename T>
 struct ReluFloat {
   using Elem = T;
-  POZFAST_HD static T relu(T x) { return x < T(0) ? T(0) : x; }
-  POZFAST_HD static bool is_zero(T y) { return y == T(0); }
+  static POZFAST_HD POZFAST_FORCEINLINE T relu(T x) { return x < T(0) ? T(0) : x; }
+  static POZFAST_HD POZFAST_FORCEINLINE bool is_zero(T y) { return y == T(0); }
 };
 
 template <uint16_t kInf>
 struct ReluHalfBits {
   using Elem = uint16_t;
-  POZFAST_HD static uint16_t relu(uint16_t b) {
+  static POZFAST_HD POZFAST_FORCEINLINE uint16_t relu(uint16_t b) {
     const uint16_t mag = b & 0x7fffu;
     const bool negative = (b & 0x8000u) && static_cast<uint16_t>(mag - 1u) < kInf;  // 0 < mag <= inf
     return negative ? uint16_t(0) : b;
   }
-  POZFAST_HD static bool is_zero(uint16_t y) { return (y & 0x7fffu) == 0; }
+  static POZFAST_HD POZFAST_FORCEINLINE bool is_zero(uint16_t y) { return (y & 0x7fffu) == 0; }
 };
 
 using ReluF32 = ReluFloat<float>;

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from pozfast._native import load_error, native
+from pozfast._native import cpu_error, load_error, native
 
 BACKEND_NAMES = ("cpu-native", "cuda-native", "triton", "torch")
 _ENV = "POZFAST_BACKEND"
@@ -45,8 +45,13 @@ def _cpu_native() -> BackendStatus:
     mod = native()
     if mod is None:
         return BackendStatus("cpu-native", False, f"pozfast._C not loaded: {load_error()}")
-    omp = f"OpenMP, {mod.cpu_num_threads()} threads" if mod.with_openmp else "built without OpenMP, 1 thread"
-    return BackendStatus("cpu-native", True, omp)
+    if cpu_error() is not None:
+        return BackendStatus("cpu-native", False, cpu_error())
+    # Both can change: the kernels follow torch.get_num_threads(), and _C.set_cpu_isa switches kernels.
+    n = torch.get_num_threads()
+    threads = f"OpenMP, {n} thread{'s' * (n != 1)}" if mod.with_openmp else "built without OpenMP, 1 thread"
+    built = ", ".join(name for name, _ in mod.cpu_isas())
+    return BackendStatus("cpu-native", True, f"{threads}, {mod.cpu_isa()} kernels; built: {built}")
 
 
 def _cuda_native() -> BackendStatus:
@@ -87,7 +92,7 @@ def _statuses() -> dict[str, BackendStatus]:
 
 def backends() -> dict[str, BackendStatus]:
     """Each backend's availability and the reason, e.g. ``backends()["cuda-native"].reason``."""
-    return dict(_statuses())
+    return {**_statuses(), "cpu-native": _cpu_native()}  # its thread count and kernels can change
 
 
 def forced_backend() -> str | None:
@@ -111,6 +116,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 _NATIVE = {"cpu": "cpu-native", "cuda": "cuda-native"}
+_DEFAULT_ORDER = {"cpu": ("cpu-native",), "cuda": ("cuda-native", "triton")}
 
 
 def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
@@ -119,9 +125,12 @@ def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
     ``supported`` lists the backends that implement ``op``; ``torch`` always does.
     """
     forced = forced_backend()
-    if forced is None:
-        order = {"cpu": ("cpu-native",), "cuda": ("cuda-native", "triton")}.get(device.type, ())
-        return next((b for b in order if b in supported and _statuses()[b].available), "torch")
+    if forced is None:  # ops call this on every call: no temporaries
+        statuses = _statuses()
+        for name in _DEFAULT_ORDER.get(device.type, ()):
+            if name in supported and statuses[name].available:
+                return name
+        return "torch"
     if forced == "torch":
         return forced
     if forced not in supported:

@@ -3,10 +3,12 @@
 Public function -> the ``pozfast::relu_count*`` torch.library ops (schema, fake, autograd) -> one
 implementation per device: plain torch by default, ``pozfast._C`` kernels (csrc/relu_count_cpu.cpp,
 csrc/relu_count_cuda.cu) on CPU and CUDA tensors when the native backend is selected
-(:func:`pozfast.backends.select`).
+(:func:`pozfast.backends.select`). The CPU kernel runs on ``torch.get_num_threads()`` OpenMP threads.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -28,13 +30,15 @@ def channel_axis(x: Tensor, channel_dim: int) -> int:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _DTYPE_CODES:
         raise TypeError(f"x must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
-    if x.dim() < 2:
+    ndim = x.dim()
+    if ndim < 2:
         raise ValueError(f"x must have at least 2 dims (batch and channel), got shape {tuple(x.shape)}")
-    channel_dim = integer(channel_dim, "channel_dim")
-    if not -x.dim() <= channel_dim < x.dim():
-        raise ValueError(f"channel_dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape "
+    if type(channel_dim) is not int:  # plain ints skip the general check: this runs on every call
+        channel_dim = integer(channel_dim, "channel_dim")
+    if not -ndim <= channel_dim < ndim:
+        raise ValueError(f"channel_dim must be an int in [{-ndim}, {ndim - 1}] for x of shape "
                          f"{tuple(x.shape)}, got {channel_dim!r}")
-    return channel_dim % x.dim()
+    return channel_dim % ndim
 
 
 def _byte_span(t: Tensor) -> tuple[int, int]:
@@ -48,6 +52,10 @@ def memory_split(x: Tensor, axis: int) -> tuple[int, int, int] | None:
 
     Contiguous NCHW gives (N, C, H*W); channels_last gives (N*H*W, C, 1).
     """
+    channels, numel = x.shape[axis], x.numel()
+    if x.is_contiguous() and channels > 1 and numel:  # the common case, without sorting strides
+        inner = math.prod(x.shape[axis + 1:])
+        return numel // (channels * inner), channels, inner
     sizes, strides = x.shape, x.stride()
     dims = sorted((d for d in range(x.dim()) if sizes[d] != 1), key=lambda d: strides[d])
     expected = 1
@@ -55,7 +63,6 @@ def memory_split(x: Tensor, axis: int) -> tuple[int, int, int] | None:
         if strides[d] != expected:
             return None
         expected *= sizes[d]
-    channels, numel = sizes[axis], x.numel()
     if channels <= 1 or numel == 0:
         return 1, channels, numel // max(channels, 1)
     inner = 1
@@ -70,57 +77,61 @@ def count_zeros_reference(y: Tensor, axis: int) -> Tensor:
     return (y == 0).sum(dim=[d for d in range(y.dim()) if d != axis], dtype=torch.int64)
 
 
-def _into(x: Tensor, y: Tensor, axis: int, native_ok: bool) -> Tensor:
+def _into(x: Tensor, y: Tensor, axis: int, split: tuple[int, int, int], native_ok: bool) -> Tensor:
     """Write relu(x) into y, which has x's shape and strides (y may be x); return the zero counts.
 
-    Runs the native kernel when ``native_ok`` and the backend selection picks it (x must then be dense),
-    plain torch otherwise.
+    x is dense, with ``memory_split(x, axis) == split``. Runs the native kernel when ``native_ok`` and the
+    backend selection picks it, plain torch otherwise.
     """
-    backend = select("relu_count", x.device, _SUPPORTED) if native_ok else "torch"
+    device = x.device
+    backend = select("relu_count", device, _SUPPORTED) if native_ok else "torch"
     if backend == "torch" or x.numel() == 0:
         torch.clamp_min(x, 0, out=y)  # what torch.relu computes, bit for bit
         return count_zeros_reference(y, axis)
-    split = memory_split(x, axis)
-    assert split is not None and x.stride() == y.stride(), "native relu_count needs dense, equal layouts"
     if backend == "triton":
         from pozfast.triton_kernels.relu_count import relu_count as triton_relu_count
 
-        zeros = torch.zeros(x.shape[axis], dtype=torch.int64, device=x.device)
+        zeros = torch.zeros(split[1], dtype=torch.int64, device=device)
         triton_relu_count(x, y, zeros, *split)
         return zeros
-    zeros = torch.empty(x.shape[axis], dtype=torch.int64, device=x.device)
+    zeros = torch.empty(split[1], dtype=torch.int64, device=device)
     args = (x.data_ptr(), y.data_ptr(), zeros.data_ptr(), *split, _DTYPE_CODES[x.dtype])
     if backend == "cuda-native":
-        with torch.cuda.device(x.device):
-            native().relu_count_cuda(*args, torch.cuda.current_stream(x.device).cuda_stream)
+        with torch.cuda.device(device):
+            native().relu_count_cuda(*args, torch.cuda.current_stream(device).cuda_stream)
     else:
-        native().relu_count_cpu(*args)
+        # The thread count follows torch.set_num_threads (DataLoader workers and CPU DDP ranks lower it).
+        native().relu_count_cpu(*args, torch.get_num_threads())
     return zeros
 
 
-def _dense(x: Tensor) -> Tensor:
-    """x itself when dense, else a dense copy with the layout torch.empty_like(x) gives."""
-    return x if memory_split(x, 0) is not None else torch.empty_like(x).copy_(x)
+def _dense_copy(x: Tensor, axis: int) -> tuple[Tensor, tuple[int, int, int]]:
+    """A dense copy of x, with the layout torch.empty_like(x) gives, and its split."""
+    work = torch.empty_like(x).copy_(x)
+    return work, memory_split(work, axis)
 
 
-def _functional(x: Tensor, channel_dim: int, native_ok: bool) -> tuple[Tensor, Tensor]:
-    axis = channel_axis(x, channel_dim)
+# The helpers below take a validated axis (channel_axis).
+
+def _functional(x: Tensor, axis: int, native_ok: bool) -> tuple[Tensor, Tensor]:
+    split = memory_split(x, axis)
+    if split is None:
+        x, split = _dense_copy(x, axis)
     y = torch.empty_like(x)
-    return y, _into(_dense(x), y, axis, native_ok)
+    return y, _into(x, y, axis, split, native_ok)
 
 
-def _inplace(x: Tensor, channel_dim: int, native_ok: bool) -> Tensor:
-    axis = channel_axis(x, channel_dim)
-    if memory_split(x, axis) is not None:
-        return _into(x, x, axis, native_ok)
-    work = _dense(x)
-    zeros = _into(work, work, axis, native_ok)
+def _inplace(x: Tensor, axis: int, native_ok: bool) -> Tensor:
+    split = memory_split(x, axis)
+    if split is not None:
+        return _into(x, x, axis, split, native_ok)
+    work, split = _dense_copy(x, axis)
+    zeros = _into(work, work, axis, split, native_ok)
     x.copy_(work)
     return zeros
 
 
-def _out(x: Tensor, channel_dim: int, out: Tensor, native_ok: bool) -> Tensor:
-    axis = channel_axis(x, channel_dim)
+def _out(x: Tensor, axis: int, out: Tensor, native_ok: bool) -> Tensor:
     if out.shape != x.shape or out.dtype != x.dtype or out.device != x.device:
         raise ValueError(f"out must match x in shape, dtype and device: x is {tuple(x.shape)} {x.dtype} on "
                          f"{x.device}, out is {tuple(out.shape)} {out.dtype} on {out.device}")
@@ -130,8 +141,9 @@ def _out(x: Tensor, channel_dim: int, out: Tensor, native_ok: bool) -> Tensor:
         if x_lo < o_hi and o_lo < x_hi:  # a kernel would read elements of x it has already overwritten
             raise RuntimeError("relu_count: out overlaps x in memory (two different views of one storage); "
                                "pass a separate out tensor, or inplace=True to overwrite x")
-    if out.stride() == x.stride() and memory_split(x, axis) is not None:
-        return _into(x, out, axis, native_ok)
+    split = memory_split(x, axis) if out.stride() == x.stride() else None
+    if split is not None:
+        return _into(x, out, axis, split, native_ok)
     y, zeros = _functional(x, axis, native_ok)
     out.copy_(y)
     return zeros
@@ -141,22 +153,25 @@ def _out(x: Tensor, channel_dim: int, out: Tensor, native_ok: bool) -> Tensor:
 
 @torch.library.custom_op("pozfast::relu_count", mutates_args=())
 def _relu_count_op(x: Tensor, channel_dim: int) -> tuple[Tensor, Tensor]:
-    return _functional(x, channel_dim, native_ok=False)
+    return _functional(x, channel_axis(x, channel_dim), native_ok=False)
 
 
 @torch.library.custom_op("pozfast::relu_count_", mutates_args=("x",))
 def _relu_count_inplace_op(x: Tensor, channel_dim: int) -> Tensor:
-    return _inplace(x, channel_dim, native_ok=False)
+    return _inplace(x, channel_axis(x, channel_dim), native_ok=False)
 
 
 @torch.library.custom_op("pozfast::relu_count_out", mutates_args=("out",))
 def _relu_count_out_op(x: Tensor, channel_dim: int, out: Tensor) -> Tensor:
-    return _out(x, channel_dim, out, native_ok=False)
+    return _out(x, channel_axis(x, channel_dim), out, native_ok=False)
 
 
-_relu_count_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim: _functional(x, channel_dim, True))
-_relu_count_inplace_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim: _inplace(x, channel_dim, True))
-_relu_count_out_op.register_kernel(_NATIVE_DEVICES)(lambda x, channel_dim, out: _out(x, channel_dim, out, True))
+_relu_count_op.register_kernel(_NATIVE_DEVICES)(
+    lambda x, channel_dim: _functional(x, channel_axis(x, channel_dim), True))
+_relu_count_inplace_op.register_kernel(_NATIVE_DEVICES)(
+    lambda x, channel_dim: _inplace(x, channel_axis(x, channel_dim), True))
+_relu_count_out_op.register_kernel(_NATIVE_DEVICES)(
+    lambda x, channel_dim, out: _out(x, channel_axis(x, channel_dim), out, True))
 
 
 def _counts_like(x: Tensor, channel_dim: int) -> Tensor:
