@@ -126,7 +126,7 @@ class RowStats:
     def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
         """Rows lo:hi centred and scaled to unit norm, returned in ``dtype``: computed in ``dtype`` when the
         rows are safe there (:meth:`safe_in`), else in float64 over the rows' scales."""
-        if dtype == torch.float64 or not self.safe_in(dtype):
+        if not self.safe_in(dtype):
             return self.normalise(self.scaled(X, lo, hi, device), lo, hi).to(dtype)
         mean = (self.mean[lo:hi] * self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
         inv = (self.inv_norm[lo:hi] / self.scale[lo:hi])[:, None].to(device=device, dtype=dtype)
