@@ -110,6 +110,9 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
       py::arg("dtype"), py::arg("stream"));
   m.def("cuda_device_count", &pozfast::cuda_device_count);
+  m.def("cuda_kernel_image", &pozfast::cuda_kernel_image, py::arg("device"),
+        "0 when the compiled kernels run on this device, else the CUDA error code.");
+  m.def("cuda_error_string", &pozfast::cuda_error_string, py::arg("code"));
   m.def(
       "pack_condensed_cuda",
       [](uintptr_t tile, int64_t ldg, int64_t rows, int64_t cols, int64_t i0, int64_t j0, int64_t n, uintptr_t bad,

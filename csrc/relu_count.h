@@ -31,6 +31,9 @@ int relu_count_cuda(const void* x, void* y, int64_t* counts, int64_t outer, int6
                     int64_t inner, DType dtype, void* stream);
 // Number of visible CUDA devices, or -(cudaError_t) when the runtime cannot be queried.
 int cuda_device_count();
+// 0 when this build holds kernels that run on `device` (machine code for its architecture, or PTX that the
+// driver compiles), else the cudaError_t value (cudaErrorNoKernelImageForDevice when none fits).
+int cuda_kernel_image(int device);
 const char* cuda_error_string(int code);
 #endif
 

@@ -1,20 +1,57 @@
 // CUDA fused ReLU + per-channel zero count. One pass; 16-byte vector loads and stores where the
-// buffers are aligned; each block reduces its partial counts (in registers for row mode, in shared
-// memory for short rows) and issues one atomic per channel it touched. Launched on the caller's stream.
+// buffers are aligned; each block reduces its partial counts (in registers, then across the block) and
+// issues one atomic per channel or position it touched. x and y may be one buffer (in place), so the
+// pointers carry no __restrict__. Launched on the caller's stream.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "relu_count.h"
-#include "relu_elem.h"
 
 namespace pozfast {
 namespace {
 
+// torch.relu on CUDA is clamp_min: NaN as it is, else ::max(v, 0) computed in float (the 16-bit types through
+// float). The same max instruction here gives the same bits, the sign of a zero included, which the CPU's
+// `x < 0 ? 0 : x` (relu_elem.h) need not: CUDA follows torch's CUDA code, the CPU torch's CPU code.
+template <typename T>
+struct CudaReluFloat {
+  using Elem = T;
+  static __device__ __forceinline__ T relu(T x) { return isnan(x) ? x : ::max(x, T(0)); }
+  static __device__ __forceinline__ bool is_zero(T y) { return y == T(0); }
+};
+
+template <typename H, float (*ToFloat)(H), H (*FromFloat)(float)>
+struct CudaReluHalf {
+  using Elem = uint16_t;
+  static __device__ __forceinline__ uint16_t relu(uint16_t b) {
+    H h;
+    memcpy(&h, &b, sizeof b);
+    const float f = ToFloat(h);
+    if (isnan(f)) return b;
+    const H r = FromFloat(::max(f, 0.f));
+    uint16_t out;
+    memcpy(&out, &r, sizeof out);
+    return out;
+  }
+  static __device__ __forceinline__ bool is_zero(uint16_t y) { return (y & 0x7fffu) == 0; }
+};
+
+__device__ __forceinline__ float half_to_float(__half h) { return __half2float(h); }
+__device__ __forceinline__ __half float_to_half(float f) { return __float2half_rn(f); }
+__device__ __forceinline__ float bf16_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
+__device__ __forceinline__ __nv_bfloat16 float_to_bf16(float f) { return __float2bfloat16_rn(f); }
+
+using ReluF32 = CudaReluFloat<float>;
+using ReluF64 = CudaReluFloat<double>;
+using ReluF16 = CudaReluHalf<__half, half_to_float, float_to_half>;
+using ReluBF16 = CudaReluHalf<__nv_bfloat16, bf16_to_float, float_to_bf16>;
+
 constexpr int kThreads = 256;
 constexpr int64_t kRowModeMinInner = 64;
 constexpr int64_t kChunk = 8192;            // elements one block handles per step
-constexpr int kMaxSmemChannels = 12 * 1024; // 48 KiB of int32 counters
 constexpr int64_t kMaxBlocks = 1 << 20;
 
 template <typename U>
@@ -23,9 +60,23 @@ struct alignas(16) Vec {
   U v[kN];
 };
 
+// Vector loads a thread issues before its first store. x and y may alias, so the compiler cannot move a load
+// above an earlier store: without this batching each thread would wait for every load in turn.
+constexpr int kInFlight = 4;
+
+template <typename Op>
+__device__ __forceinline__ Vec<typename Op::Elem> relu_vector(const Vec<typename Op::Elem>& in, unsigned& zeros) {
+  Vec<typename Op::Elem> out;
+#pragma unroll
+  for (int l = 0; l < Vec<typename Op::Elem>::kN; ++l) {
+    out.v[l] = Op::relu(in.v[l]);
+    zeros += Op::is_zero(out.v[l]);
+  }
+  return out;
+}
+
 template <typename Op, bool kVector>
-__device__ __forceinline__ unsigned relu_span(const typename Op::Elem* __restrict__ x,
-                                              typename Op::Elem* __restrict__ y, int64_t begin,
+__device__ __forceinline__ unsigned relu_span(const typename Op::Elem* x, typename Op::Elem* y, int64_t begin,
                                               int64_t end) {
   using U = typename Op::Elem;
   using V = Vec<U>;
@@ -39,15 +90,15 @@ __device__ __forceinline__ unsigned relu_span(const typename Op::Elem* __restric
       zeros += Op::is_zero(v);
     }
     const int64_t body_end = head + (end - head) / V::kN * V::kN;
-    for (int64_t k = head + int64_t(threadIdx.x) * V::kN; k < body_end; k += int64_t(blockDim.x) * V::kN) {
-      V in = *reinterpret_cast<const V*>(x + k);
-      V out;
+    const int64_t step = int64_t(blockDim.x) * V::kN;
+    for (int64_t k0 = head + int64_t(threadIdx.x) * V::kN; k0 < body_end; k0 += kInFlight * step) {
+      V in[kInFlight];
 #pragma unroll
-      for (int l = 0; l < V::kN; ++l) {
-        out.v[l] = Op::relu(in.v[l]);
-        zeros += Op::is_zero(out.v[l]);
-      }
-      *reinterpret_cast<V*>(y + k) = out;
+      for (int g = 0; g < kInFlight; ++g)
+        if (k0 + g * step < body_end) in[g] = *reinterpret_cast<const V*>(x + k0 + g * step);
+#pragma unroll
+      for (int g = 0; g < kInFlight; ++g)
+        if (k0 + g * step < body_end) *reinterpret_cast<V*>(y + k0 + g * step) = relu_vector<Op>(in[g], zeros);
     }
     i = body_end;
   }
@@ -74,8 +125,8 @@ __device__ __forceinline__ unsigned block_sum(unsigned v) {
 
 // Long rows (inner >= kRowModeMinInner): a work item is one chunk of one row, so one channel.
 template <typename Op, bool kVector>
-__global__ void __launch_bounds__(kThreads) relu_count_rows(const typename Op::Elem* __restrict__ x,
-                                                            typename Op::Elem* __restrict__ y,
+__global__ void __launch_bounds__(kThreads) relu_count_rows(const typename Op::Elem* x,
+                                                            typename Op::Elem* y,
                                                             unsigned long long* counts,
                                                             int64_t rows, int64_t channels,
                                                             int64_t inner) {
@@ -89,57 +140,69 @@ __global__ void __launch_bounds__(kThreads) relu_count_rows(const typename Op::E
   }
 }
 
-// Short rows (e.g. channels last): elements of one chunk belong to many channels; count them in
-// shared memory, then one global atomic per touched channel. Beyond kMaxSmemChannels channels the
-// counters go straight to global memory.
+// Short rows (inner < kRowModeMinInner: channels last, (N, L, C) token activations): the tensor is a
+// [rows, positions] matrix whose position p belongs to channel p / inner. A thread owns kN consecutive
+// positions (one 16-byte vector) and walks rows, counting its zeros in registers; the block then sums
+// its rows in shared memory and issues one atomic per position: no per-element atomics at any width.
 template <typename Op, bool kVector>
-__global__ void __launch_bounds__(kThreads) relu_count_positions(const typename Op::Elem* __restrict__ x,
-                                                                 typename Op::Elem* __restrict__ y,
-                                                                 unsigned long long* counts,
-                                                                 int64_t numel, int64_t channels,
-                                                                 int64_t inner, bool use_smem) {
+__global__ void __launch_bounds__(kThreads, 4) relu_count_columns(const typename Op::Elem* x, typename Op::Elem* y,
+                                                               unsigned long long* counts, int64_t rows,
+                                                               int64_t positions, int64_t inner) {
   using U = typename Op::Elem;
-  constexpr int kN = kVector ? Vec<U>::kN : 1;
-  extern __shared__ unsigned smem_counts[];
-  if (use_smem)
-    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x) smem_counts[c] = 0;
-  __syncthreads();
-  const int64_t block = channels * inner;
-  for (int64_t base = int64_t(blockIdx.x) * kChunk; base < numel; base += int64_t(gridDim.x) * kChunk) {
-    const int64_t end = std::min(base + kChunk, numel);
-    for (int64_t k = base + int64_t(threadIdx.x) * kN; k < end; k += int64_t(blockDim.x) * kN) {
-      U in[kN], out[kN];
-      const int n = static_cast<int>(std::min<int64_t>(kN, end - k));
-      if (kVector && n == kN) {
-        *reinterpret_cast<Vec<U>*>(in) = *reinterpret_cast<const Vec<U>*>(x + k);
-      } else {
-        for (int l = 0; l < n; ++l) in[l] = x[k + l];
-      }
+  constexpr int kN = Vec<U>::kN;
+  __shared__ unsigned partial[kThreads * kN];
+  const int64_t first = int64_t(blockIdx.x) * blockDim.x * kN;  // the block's first position
+  const int64_t p0 = first + int64_t(threadIdx.x) * kN;
+  const int n = p0 < positions ? static_cast<int>(std::min<int64_t>(kN, positions - p0)) : 0;
+  unsigned zeros[kN] = {};
+  const int64_t first_row = int64_t(blockIdx.y) * blockDim.y + threadIdx.y, step = int64_t(gridDim.y) * blockDim.y;
+  if (kVector && n == kN) {
+    for (int64_t r0 = first_row; r0 < rows; r0 += kInFlight * step) {
+      Vec<U> in[kInFlight];
 #pragma unroll
-      for (int l = 0; l < kN; ++l) out[l] = Op::relu(in[l]);
-      if (kVector && n == kN) {
-        *reinterpret_cast<Vec<U>*>(y + k) = *reinterpret_cast<Vec<U>*>(out);
-      } else {
-        for (int l = 0; l < n; ++l) y[k + l] = out[l];
-      }
-      int64_t channel = (k % block) / inner;
-      int64_t within = (k % block) % inner;
-      for (int l = 0; l < n; ++l) {
-        if (Op::is_zero(out[l])) {
-          if (use_smem) atomicAdd(smem_counts + channel, 1u);
-          else atomicAdd(counts + channel, 1ull);
+      for (int g = 0; g < kInFlight; ++g)
+        if (r0 + g * step < rows) in[g] = *reinterpret_cast<const Vec<U>*>(x + (r0 + g * step) * positions + p0);
+#pragma unroll
+      for (int g = 0; g < kInFlight; ++g) {
+        if (r0 + g * step >= rows) continue;
+        Vec<U> out;
+#pragma unroll
+        for (int l = 0; l < kN; ++l) {
+          out.v[l] = Op::relu(in[g].v[l]);
+          zeros[l] += Op::is_zero(out.v[l]);
         }
-        if (++within == inner) {
-          within = 0;
-          if (++channel == channels) channel = 0;
-        }
+        *reinterpret_cast<Vec<U>*>(y + (r0 + g * step) * positions + p0) = out;
       }
     }
+  } else {
+    for (int64_t r = first_row; r < rows; r += step)
+#pragma unroll
+      for (int l = 0; l < kN; ++l) {  // unrolled, so that zeros[] stays in registers
+        if (l >= n) break;
+        const U v = Op::relu(x[r * positions + p0 + l]);
+        y[r * positions + p0 + l] = v;
+        zeros[l] += Op::is_zero(v);
+      }
   }
+  const int width = blockDim.x * kN;  // positions of this block
+#pragma unroll
+  for (int l = 0; l < kN; ++l) partial[threadIdx.y * width + threadIdx.x * kN + l] = zeros[l];
   __syncthreads();
-  if (use_smem)
-    for (int64_t c = threadIdx.x; c < channels; c += blockDim.x)
-      if (smem_counts[c]) atomicAdd(counts + c, static_cast<unsigned long long>(smem_counts[c]));
+  const int tid = threadIdx.y * blockDim.x + threadIdx.x;
+  for (int slot = tid; slot < width; slot += kThreads) {
+    unsigned total = 0;
+    for (int row = 0; row < static_cast<int>(blockDim.y); ++row) total += partial[row * width + slot];
+    if (total && first + slot < positions)
+      atomicAdd(counts + (first + slot) / inner, static_cast<unsigned long long>(total));
+  }
+}
+
+int multiprocessors() {
+  int device = 0, sms = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+    return 128;
+  return sms;
 }
 
 template <typename Op>
@@ -160,11 +223,21 @@ cudaError_t launch(const void* xv, void* yv, int64_t* counts_i64, int64_t outer,
     if (aligned) relu_count_rows<Op, true><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner);
     else relu_count_rows<Op, false><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner);
   } else {
-    const bool use_smem = channels <= kMaxSmemChannels;
-    const size_t smem = use_smem ? sizeof(unsigned) * channels : 0;
-    const unsigned grid = static_cast<unsigned>(std::min((numel + kChunk - 1) / kChunk, kMaxBlocks));
-    if (aligned) relu_count_positions<Op, true><<<grid, kThreads, smem, stream>>>(x, y, counts, numel, channels, inner, use_smem);
-    else relu_count_positions<Op, false><<<grid, kThreads, smem, stream>>>(x, y, counts, numel, channels, inner, use_smem);
+    constexpr int kN = Vec<U>::kN;
+    const int64_t positions = channels * inner, rows = numel / positions;
+    const int64_t vectors = (positions + kN - 1) / kN;
+    int across = 1;  // threads across positions: a power of two up to the block
+    while (across < vectors && across < kThreads) across <<= 1;
+    const dim3 block(across, kThreads / across);
+    const int64_t grid_x = (vectors + across - 1) / across;
+    // About 8 blocks per multiprocessor in all; grid.y within its hardware limit.
+    const int64_t want_y = std::max<int64_t>(1, 8 * multiprocessors() / grid_x);
+    const int64_t grid_y = std::min<int64_t>({want_y, (rows + block.y - 1) / block.y, 65535});
+    const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
+    if (aligned && positions % kN == 0)
+      relu_count_columns<Op, true><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner);
+    else
+      relu_count_columns<Op, false><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner);
   }
   return cudaGetLastError();
 }
@@ -187,6 +260,17 @@ int cuda_device_count() {
   int n = 0;
   const cudaError_t err = cudaGetDeviceCount(&n);
   return err == cudaSuccess ? n : -static_cast<int>(err);
+}
+
+int cuda_kernel_image(int device) {
+  int previous = 0;
+  cudaError_t err = cudaGetDevice(&previous);
+  if (err == cudaSuccess) err = cudaSetDevice(device);
+  if (err != cudaSuccess) return static_cast<int>(err);
+  cudaFuncAttributes attributes;
+  err = cudaFuncGetAttributes(&attributes, relu_count_rows<ReluF32, true>);
+  cudaSetDevice(previous);
+  return static_cast<int>(err);
 }
 
 const char* cuda_error_string(int code) { return cudaGetErrorString(static_cast<cudaError_t>(code)); }

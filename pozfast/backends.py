@@ -3,7 +3,9 @@
 Backends: ``cpu-native`` (C++/OpenMP in ``pozfast._C``), ``cuda-native`` (CUDA in ``pozfast._C``),
 ``triton`` and ``torch`` (plain PyTorch, always available, the reference). The default rule: on CPU
 tensors ``cpu-native``, on CUDA tensors ``cuda-native``, then ``triton``, whichever is available first
-(the CUDA kernels are the measured default; Triton is the portable fallback), else plain torch. Triton
+(the CUDA kernels are the measured default; Triton is the portable fallback), else plain torch.
+Availability on CUDA tensors is decided per device: ``cuda-native`` needs machine code or PTX compiled for
+the device's architecture, Triton a device of compute capability 8.0 or newer. Triton
 runs on CPU tensors only when forced under ``TRITON_INTERPRET=1`` (set before the kernels are imported),
 which is how its tests run without a GPU. The environment
 variable ``POZFAST_BACKEND`` or the context manager :func:`use_backend` forces one; forcing a backend
@@ -54,7 +56,22 @@ def _cpu_native() -> BackendStatus:
     return BackendStatus("cpu-native", True, f"{threads}, {mod.cpu_isa()} kernels; built: {built}")
 
 
-def _cuda_native() -> BackendStatus:
+def compiled_target(archs: str, capability: tuple[int, int]) -> str | None:
+    """Which compiled CUDA target of ``archs`` (CMake's list, e.g. ``"75-real,80-real,90"``) runs on a device of
+    compute ``capability``: machine code of the same major version and a minor no higher (sm_80 code runs on
+    8.6), else PTX of a version no higher, which the driver compiles at load; None when nothing does."""
+    entries = [a.split("-") for a in archs.split(",") if a]
+    major, minor = capability
+    sass = [int(a[0]) for a in entries if a[1:] != ["virtual"]]
+    fits = [a for a in sass if a // 10 == major and a % 10 <= minor]
+    if fits:
+        return f"sm_{max(fits)}"
+    ptx = [int(a[0]) for a in entries if a[1:] != ["real"]]
+    below = [a for a in ptx if a <= 10 * major + minor]
+    return f"compute_{max(below)} PTX (compiled by the driver)" if below else None
+
+
+def _cuda_native(index: int | None) -> BackendStatus:
     mod = native()
     if mod is None:
         return BackendStatus("cuda-native", False, f"pozfast._C not loaded: {load_error()}")
@@ -62,37 +79,62 @@ def _cuda_native() -> BackendStatus:
         return BackendStatus("cuda-native", False, "CUDA sources not compiled (nvcc was not found at build time)")
     archs = ", ".join(f"sm_{a.split('-')[0]}" for a in mod.cuda_archs.split(",") if a)
     built = f"compiled for {archs}"
-    count = mod.cuda_device_count()
-    if count <= 0:
+    if index is None:
         return BackendStatus("cuda-native", False, f"{built}; no CUDA device")
-    if not torch.cuda.is_available():
-        return BackendStatus("cuda-native", False, f"{built}; {count} device(s) but this torch build has no CUDA")
-    return BackendStatus("cuda-native", True, f"{built}; {count} device(s)")
+    name = torch.cuda.get_device_name(index)
+    capability = torch.cuda.get_device_capability(index)
+    target = compiled_target(mod.cuda_archs, capability)
+    if target is None:
+        return BackendStatus("cuda-native", False, f"{built}; nothing runs on {name} (sm_{capability[0]}"
+                                                   f"{capability[1]}): rebuild with CMAKE_CUDA_ARCHITECTURES set")
+    err = mod.cuda_kernel_image(index)
+    if err:
+        return BackendStatus("cuda-native", False, f"{built}; the kernels do not load on {name}: "
+                                                   f"{mod.cuda_error_string(err)}")
+    return BackendStatus("cuda-native", True, f"{built}; {name} runs {target}")
 
 
-def _triton() -> BackendStatus:
+def _triton(index: int | None) -> BackendStatus:
     if importlib.util.find_spec("triton") is None:
         return BackendStatus("triton", False, "triton is not installed (pip install 'pozfast[triton]')")
     if os.environ.get("TRITON_INTERPRET") == "1":
         return BackendStatus("triton", True, "TRITON_INTERPRET=1: kernels run interpreted, on CPU tensors too")
-    if not torch.cuda.is_available():
+    if index is None:
         return BackendStatus("triton", False, "no CUDA device (set TRITON_INTERPRET=1 to interpret on CPU tensors)")
-    return BackendStatus("triton", True, f"CUDA device {torch.cuda.get_device_name()}")
+    name, capability = torch.cuda.get_device_name(index), torch.cuda.get_device_capability(index)
+    if capability < TRITON_MIN_CAPABILITY:
+        return BackendStatus("triton", False, f"{name} is sm_{capability[0]}{capability[1]}; Triton supports "
+                                              f"compute capability 8.0 and newer")
+    return BackendStatus("triton", True, f"CUDA device {name}")
 
 
 def _torch() -> BackendStatus:
     return BackendStatus("torch", True, f"plain PyTorch {torch.__version__}")
 
 
+TRITON_MIN_CAPABILITY = (8, 0)
+
+
 @functools.cache
-def _statuses() -> dict[str, BackendStatus]:
-    # Availability is fixed for the life of the process; ops consult it on every call.
-    return {s.name: s for s in (_cpu_native(), _cuda_native(), _triton(), _torch())}
+def _statuses(index: int | None) -> dict[str, BackendStatus]:
+    # Availability is fixed for the life of the process, per CUDA device; ops consult it on every call.
+    return {s.name: s for s in (_cpu_native(), _cuda_native(index), _triton(index), _torch())}
 
 
-def backends() -> dict[str, BackendStatus]:
-    """Each backend's availability and the reason, e.g. ``backends()["cuda-native"].reason``."""
-    return {**_statuses(), "cpu-native": _cpu_native()}  # its thread count and kernels can change
+def _cuda_index(device: torch.device | None) -> int | None:
+    """The CUDA device index that ``device`` (default: the current CUDA device) names, or None without CUDA."""
+    if device is not None and device.type != "cuda":
+        return _cuda_index(None)
+    if not torch.cuda.is_available():
+        return None
+    return device.index if device is not None and device.index is not None else torch.cuda.current_device()
+
+
+def backends(device: str | torch.device | None = None) -> dict[str, BackendStatus]:
+    """Each backend's availability and the reason, for CUDA ``device`` (default: the current one), e.g.
+    ``backends()["cuda-native"].reason`` says which compiled kernels run on this GPU, or why none does."""
+    index = _cuda_index(torch.device(device) if device is not None else None)
+    return {**_statuses(index), "cpu-native": _cpu_native()}  # its thread count and kernels can change
 
 
 def forced_backend() -> str | None:
@@ -125,8 +167,8 @@ def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
     ``supported`` lists the backends that implement ``op``; ``torch`` always does.
     """
     forced = forced_backend()
+    statuses = _statuses(_cuda_index(device) if device.type == "cuda" else None)
     if forced is None:  # ops call this on every call: no temporaries
-        statuses = _statuses()
         for name in _DEFAULT_ORDER.get(device.type, ()):
             if name in supported and statuses[name].available:
                 return name
@@ -137,7 +179,10 @@ def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
         raise RuntimeError(f"backend {forced!r} is forced but {op} has no {forced} implementation")
     if forced in _NATIVE.values() and forced != _NATIVE.get(device.type):
         raise RuntimeError(f"backend {forced!r} is forced but cannot run {op} on {device.type} tensors")
-    status = _statuses()[forced]
+    if forced == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(f"backend 'triton' is forced but runs {op} on {device.type} tensors only interpreted "
+                           f"(TRITON_INTERPRET=1, set before pozfast is imported)")
+    status = statuses[forced]
     if not status.available:
         raise RuntimeError(f"backend {forced!r} is forced but unavailable: {status.reason}")
     return forced

@@ -74,17 +74,18 @@ def compare_rdms(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "diss
     x, y = as_condensed(a, "a", a_kind), as_condensed(b, "b", b_kind)
     if x.numel() != y.numel():
         raise ValueError(f"a and b are RDMs of different N: {n_items(x.numel())} vs {n_items(y.numel())} items")
+    y = y.to(x.device if x.is_cuda else y.device)  # one device: a GPU's, when either RDM is there
+    x = x.to(y.device)
     keep = ~(torch.isnan(x) | torch.isnan(y))
     x, y = x[keep], y[keep]
     n = int(x.numel())
     if method in ("pearson", "r2"):
-        m = torch.stack([torch.tensor(float(n), dtype=torch.float64), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(),
-                         (x * y).sum()])
-        r = pearson_from_moments(m) if n else float("nan")
+        m = torch.stack([x.new_tensor(float(n)), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
+        r = pearson_from_moments(m.cpu()) if n else float("nan")
         return Comparison(r * r if method == "r2" else r, n, method)
     if n < 2:
         return Comparison(float("nan"), n, method)
-    xs, ys = x.numpy(), y.numpy()
+    xs, ys = x.cpu().numpy(), y.cpu().numpy()
     if method == "spearman":
         from scipy.stats import spearmanr
 

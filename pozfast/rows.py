@@ -138,9 +138,11 @@ def row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
 
 
-def default_block(n: int) -> int:
-    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs.
-    return int(min(1024, max(256, -(-n // 8 // 64) * 64)))
+def default_block(n: int, device: torch.device | str = "cpu") -> int:
+    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs. GPUs
+    # get larger tiles (up to 4096): their GEMMs need the size, and each tile costs a few kernel launches.
+    low, high, step = (1024, 4096, 256) if torch.device(device).type == "cuda" else (256, 1024, 64)
+    return int(min(high, max(low, -(-n // 8 // step) * step)))
 
 
 def constant(centred_sq: Tensor, sq: Tensor, dtype: torch.dtype) -> Tensor:
@@ -153,29 +155,33 @@ def constant(centred_sq: Tensor, sq: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def row_stats(X: Tensor, warn: bool = True, name: str = "X") -> RowStats:
-    """Row scales, means and centred norms in float64, in row chunks (no float64 copy of X); X must be finite."""
+    """Row scales, means and centred norms in float64 on X's device, in row chunks (no float64 copy of X);
+    X must be finite. The host waits for the device a few times per call (the checks, the size range), never per chunk."""
     n = X.shape[0]
-    scale, mean, centred_sq, sq = (torch.empty(n, dtype=torch.float64) for _ in range(4))
+    scale, mean, centred_sq, sq = (torch.empty(n, dtype=torch.float64, device=X.device) for _ in range(4))
+    finite = torch.ones((), dtype=torch.bool, device=X.device)
     for lo, hi in row_chunks(n, X.shape[1]):
-        rows = X[lo:hi].to(device="cpu", dtype=torch.float64, copy=True)  # worked on in place
+        rows = X[lo:hi].to(dtype=torch.float64, copy=True)  # worked on in place
         low, high = torch.aminmax(rows, dim=1)
         top = torch.maximum(high, -low)
-        if not bool(torch.isfinite(top).all()):  # aminmax passes NaN on
-            raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
+        finite &= torch.isfinite(top).all()  # aminmax passes NaN on
+        top = top.nan_to_num(1.0, 1.0, 1.0)  # keeps the scale finite until the check below
         scale[lo:hi] = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)  # 1/2 for an all-zero row
         rows.div_(scale[lo:hi, None])
         sq[lo:hi] = torch.linalg.vecdot(rows, rows)
         mean[lo:hi] = rows.mean(1)
         rows.sub_(mean[lo:hi, None])
         centred_sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+    if not bool(finite):
+        raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
     bad = constant(centred_sq, sq, compute_dtype(X))
     inv = torch.where(bad, torch.zeros_like(sq), centred_sq.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
     if warn and bool(bad.any()):
         warnings.warn(f"{int(bad.sum())} of {n} rows have zero variance: their pairs are NaN in the RDM and "
                       f"skipped in comparisons", ZeroVarianceWarning, stacklevel=3)
-    good = ~bad
-    sizes = torch.cat([scale[good], scale[good] / inv[good]])
-    return RowStats(scale, mean, inv, bad, (float(sizes.min()), float(sizes.max())) if sizes.numel() else (1.0, 1.0))
+    sizes = torch.cat([scale, scale / inv]).masked_fill(torch.cat([bad, bad]), torch.nan)  # valid rows only
+    low, high = torch.stack([sizes.nan_to_num(torch.inf).min(), sizes.nan_to_num(-torch.inf).max()]).tolist()
+    return RowStats(scale, mean, inv, bad, (low, high) if high >= low else (1.0, 1.0))
 
 
 class RowBlocks:

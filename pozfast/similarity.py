@@ -50,6 +50,8 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
     X = as_features(X)
     n = X.shape[0]
     Yt = as_tensor(Y, "Y")
+    device = X.device if X.is_cuda or not Yt.is_cuda else Yt.device  # a GPU's, when either input is there
+    X, Yt = X.to(device), Yt.to(device)
     y_is_rdm = y_kind == "rdm" or (y_kind == "auto" and _is_rdm_like(Yt, n))
     if y_is_rdm:
         if path == "features":
@@ -79,21 +81,22 @@ def _feature_moments(X: Tensor, Y: Tensor) -> Tensor:
     good = ~(sx.bad | sy.bad)
     rank, size = world()
     dx, dy = X.shape[1], Y.shape[1]
-    gxx = torch.zeros(dx, dx, dtype=torch.float64)
-    gyy = torch.zeros(dy, dy, dtype=torch.float64)
-    gxy = torch.zeros(dx, dy, dtype=torch.float64)
-    ux = torch.zeros(dx, dtype=torch.float64)
-    uy = torch.zeros(dy, dtype=torch.float64)
+    dev = X.device
+    gxx = torch.zeros(dx, dx, dtype=torch.float64, device=dev)
+    gyy = torch.zeros(dy, dy, dtype=torch.float64, device=dev)
+    gxy = torch.zeros(dx, dy, dtype=torch.float64, device=dev)
+    ux = torch.zeros(dx, dtype=torch.float64, device=dev)
+    uy = torch.zeros(dy, dtype=torch.float64, device=dev)
     for lo, hi in row_chunks(X.shape[0], dx + dy, min_rows=256)[rank::size]:
-        keep = good[lo:hi]
-        zx = sx.normalised(X, lo, hi, torch.float64, "cpu")[keep]
-        zy = sy.normalised(Y, lo, hi, torch.float64, "cpu")[keep]
+        keep = good[lo:hi, None]  # rows left out are zeroed: they add nothing to any sum
+        zx = sx.normalised(X, lo, hi, torch.float64, dev).mul_(keep)
+        zy = sy.normalised(Y, lo, hi, torch.float64, dev).mul_(keep)
         gxx += zx.T @ zx
         gyy += zy.T @ zy
         gxy += zx.T @ zy
         ux += zx.sum(0)
         uy += zy.sum(0)
-    flat = all_reduce_sum(torch.cat([gxx.flatten(), gyy.flatten(), gxy.flatten(), ux, uy]))
+    flat = all_reduce_sum(torch.cat([gxx.flatten(), gyy.flatten(), gxy.flatten(), ux, uy])).cpu()
     gxx, gyy, gxy, ux, uy = torch.split(flat, [dx * dx, dy * dy, dx * dy, dx, dy])
     n = float(good.sum())
     pairs = n * (n - 1) / 2

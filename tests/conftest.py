@@ -22,6 +22,8 @@ def available_backends(device: str, triton: bool = True) -> list:
         reason = None if status[name].available else f"{name} unavailable: {status[name].reason}"
         if device == "cuda" and not torch.cuda.is_available():
             reason = "no CUDA device on this machine"
+        if device == "cpu" and name == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+            reason = "Triton runs CPU tensors only interpreted (TRITON_INTERPRET=1), which a GPU machine does not set"
         params.append(pytest.param(name, marks=pytest.mark.skipif(reason is not None, reason=reason or "")))
     return params
 

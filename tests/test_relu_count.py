@@ -35,6 +35,15 @@ CASES = [
     ((4, 6, 10), 1, "strided"),
     ((2, 6, 4, 10), 1, "strided"),
     ((1, 1, 1, 1), 1, "channels_last"),
+    ((3, 5, 67), 1, "offset"),               # not 16-byte aligned: the scalar paths
+    ((6, 41), 1, "offset"),
+]
+# Shapes of large models, for the CUDA kernels' wide-channel and many-row paths.
+WIDE_CASES = [
+    ((3, 100, 20000), -1, "contiguous"),     # an LLM FFN activation (N, L, C), C above 12288
+    ((2, 20000, 3, 3), 1, "channels_last"),
+    ((257, 13000), 1, "offset"),
+    ((2, 20000, 70), 1, "contiguous"),
 ]
 
 
@@ -43,6 +52,9 @@ def make(shape, dtype, layout, seed):
         return special_values(shape[::-1], dtype, seed).permute(*reversed(range(len(shape))))
     if layout == "strided":
         return special_values(shape, dtype, seed)[..., ::2]
+    if layout == "offset":  # a dense view one element into its storage
+        n = int(np.prod(shape))
+        return special_values((n + 1,), dtype, seed)[1:].view(shape)
     x = special_values(shape, dtype, seed)
     fmt = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last,
            "channels_last_3d": torch.channels_last_3d}[layout]
@@ -298,13 +310,13 @@ def test_cuda_sources_were_compiled():
     assert native() is not None, pozfast.backends()["cpu-native"].reason
     assert native().with_cuda
     reason = pozfast.backends()["cuda-native"].reason
-    assert "compiled for sm_80, sm_90" in reason, reason
+    assert "compiled for sm_75, sm_80, sm_86, sm_89, sm_90" in reason, reason
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 @pytest.mark.parametrize("backend", available_backends("cuda"))
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", CASES, ids=id_case)
+@pytest.mark.parametrize("case", CASES + WIDE_CASES, ids=id_case)
 @pytest.mark.parametrize("mode", ["new", "inplace"])
 def test_cuda_matches_reference(backend, dtype, case, mode):
     shape, cd, layout = case
@@ -317,6 +329,30 @@ def test_cuda_matches_reference(backend, dtype, case, mode):
             y, zeros = pozfast.relu_count(x.clone(), cd, inplace=True)
     assert_bitwise_equal(y, y_ref)
     assert zeros.device == x.device and torch.equal(zeros, zeros_ref)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("backend", available_backends("cuda"))
+@pytest.mark.parametrize("shape", [(1, 1, 2 ** 26 + 5), (2 ** 21 + 3, 40)], ids=["long-row", "many-rows"])
+def test_cuda_grid_limits(backend, shape):
+    # Grids past 65,535 blocks on axis 1 if launched naively: 2^16 chunks of one row, or 2^16 row blocks.
+    x = torch.randn(shape, device="cuda", dtype=torch.float16)
+    y_ref, zeros_ref = relu_count_reference(x, 1)
+    with pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(x, 1)
+    assert torch.equal(bits(y), bits(y_ref)) and torch.equal(zeros, zeros_ref)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("backend", available_backends("cuda"))
+def test_cuda_second_device(backend):
+    x = special_values((4, 33, 70), torch.float32, 5, device="cuda:1")
+    y_ref, zeros_ref = relu_count_reference(x, 1)
+    with torch.cuda.device(0), pozfast.use_backend(backend):
+        y, zeros = pozfast.relu_count(x, 1)
+    assert zeros.device == x.device
+    assert_bitwise_equal(y, y_ref)
+    assert torch.equal(zeros, zeros_ref)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

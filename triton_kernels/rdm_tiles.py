@@ -8,6 +8,7 @@ Tiles are listed on the host (upper triangle only, j-block >= i-block), one prog
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -104,30 +105,49 @@ def _moments_kernel(x_ptr, x_stride, x_mean, x_inv, y_ptr, y_stride, y_mean, y_i
     _add_moments(out_ptr, ok, x, y)
 
 
-def _meta(x: torch.Tensor) -> dict:
-    """Tile sizes: Hopper-friendly 128 x 128 x 32 tiles with 8 warps and 3 stages; small tiles interpreted."""
-    acc = tl.float64 if x.dtype == torch.float64 else tl.float32
+# Tile sizes on a GPU, per kernel and dtype: (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). The GEMM of the
+# condensed RDM takes Hopper-sized 128 x 128 tiles; the kernels with a float64 epilogue (pair sums, curve steps)
+# take smaller ones, where it stays in registers (benchmarks/triton_compile.py reports registers and spills).
+_TILES = {("condensed", torch.float32): (128, 128, 32, 8, 3), ("condensed", torch.float64): (64, 64, 16, 4, 2),
+          ("moments", torch.float32): (64, 64, 32, 8, 3), ("moments", torch.float64): (64, 64, 16, 8, 2),
+          ("curve", torch.float32): (64, 64, 32, 8, 3), ("curve", torch.float64): (32, 32, 16, 4, 2)}
+
+
+def production_meta(dtype: torch.dtype, kernel: str) -> dict:
+    """Launch parameters on a GPU for ``kernel`` ("condensed", "moments" or "curve") on rows of ``dtype``."""
+    bm, bn, bk, warps, stages = _TILES[kernel, torch.float64 if dtype == torch.float64 else torch.float32]
+    acc = tl.float64 if dtype == torch.float64 else tl.float32
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "ACC": acc, "num_warps": warps, "num_stages": stages}
+
+
+def _meta(x: torch.Tensor, kernel: str) -> dict:
+    """The production launch parameters; small tiles when interpreted."""
     if INTERPRET:
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "ACC": acc}
-    if x.dtype == torch.float64:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 16, "ACC": acc, "num_warps": 4, "num_stages": 2}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 32, "ACC": acc, "num_warps": 8, "num_stages": 3}
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16, "ACC": tl.float64 if x.dtype == torch.float64 else tl.float32}
+    return production_meta(x.dtype, kernel)
 
 
 def upper_tiles(n: int, block_m: int, block_n: int, device, rank: int = 0, world: int = 1) -> torch.Tensor:
     """int32 (T, 2) block coordinates (bm, bn) of the tiles that hold pairs j > i; every world-th from rank."""
-    tiles = [(bm, bn) for bm in range(triton.cdiv(n, block_m)) for bn in range(triton.cdiv(n, block_n))
-             if (bn + 1) * block_n - 1 > bm * block_m]
-    return torch.tensor(tiles[rank::world], dtype=torch.int32, device=device).reshape(-1, 2)
+    bm = torch.arange(triton.cdiv(n, block_m)).repeat_interleave(triton.cdiv(n, block_n))
+    bn = torch.arange(triton.cdiv(n, block_n)).repeat(triton.cdiv(n, block_m))
+    keep = (bn + 1) * block_n - 1 > bm * block_m
+    return torch.stack([bm[keep], bn[keep]], 1)[rank::world].to(device=device, dtype=torch.int32)
+
+
+def _on(x: torch.Tensor):
+    """Launches on x's device (Triton launches on the current one)."""
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
 def condensed_rdm(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, bad: torch.Tensor, out: torch.Tensor) -> None:
     """The condensed RDM of the rows of x (row-major, unit column stride) into ``out``."""
     n, d = x.shape
-    meta = _meta(x)
+    meta = _meta(x, "condensed")
     tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device)
     if len(tiles):
-        _condensed_kernel[(len(tiles),)](x, x.stride(0), mean, inv, bad, out, tiles, n, d, **meta)
+        with _on(x):
+            _condensed_kernel[(len(tiles),)](x, x.stride(0), mean, inv, bad, out, tiles, n, d, **meta)
 
 
 def pair_moments(x: torch.Tensor, x_mean, x_inv, bad: torch.Tensor, *, y: torch.Tensor | None = None, y_mean=None,
@@ -135,16 +155,17 @@ def pair_moments(x: torch.Tensor, x_mean, x_inv, bad: torch.Tensor, *, y: torch.
     """float64 [6] pair sums (n, sum x, sum y, sum x^2, sum y^2, sum xy) of x = 1 - r^X against y = 1 - r^Y
     (features ``y``) or a condensed RDM ``ref``, over this rank's share of the tiles."""
     n, dx = x.shape
-    meta = _meta(x)
+    meta = _meta(x, "moments")
     out = torch.zeros(6, dtype=torch.float64, device=x.device)
     tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device, rank, world)
     if len(tiles):
         features = y is not None
         y_ = y if features else x
-        _moments_kernel[(len(tiles),)](
-            x, x.stride(0), x_mean, x_inv, y_, y_.stride(0), y_mean if features else x_mean,
-            y_inv if features else x_inv, ref if ref is not None else x, bad, out, tiles, n, dx,
-            y_.shape[1], REF_IS_FEATURES=features, **meta)
+        with _on(x):
+            _moments_kernel[(len(tiles),)](
+                x, x.stride(0), x_mean, x_inv, y_, y_.stride(0), y_mean if features else x_mean,
+                y_inv if features else x_inv, ref if ref is not None else x, bad, out, tiles, n, dx,
+                y_.shape[1], REF_IS_FEATURES=features, **meta)
     return out
 
 
@@ -201,14 +222,15 @@ def curve_moments(x: torch.Tensor, shift_mean: torch.Tensor, bounds: torch.Tenso
     ``full_mean``/``full_inv``); bad: uint8 [n], rows left out of the reference.
     """
     n, d = x.shape
-    meta = _meta(x)
+    meta = _meta(x, "curve")
     steps = bounds.numel()
     out = torch.zeros(steps, 6, dtype=torch.float64, device=x.device)
     tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device, rank, world)
     if len(tiles):
         condensed = ref is not None
-        _curve_kernel[(len(tiles),)](
-            x, x.stride(0), shift_mean, bounds, s_steps, q_steps, ref if condensed else x,
-            shift_mean if condensed else full_mean, shift_mean if condensed else full_inv, bad, out, tiles,
-            n, d, steps, eps, REF_IS_CONDENSED=condensed, **meta)
+        with _on(x):
+            _curve_kernel[(len(tiles),)](
+                x, x.stride(0), shift_mean, bounds, s_steps, q_steps, ref if condensed else x,
+                shift_mean if condensed else full_mean, shift_mean if condensed else full_inv, bad, out, tiles,
+                n, d, steps, eps, REF_IS_CONDENSED=condensed, **meta)
     return out

@@ -46,11 +46,16 @@ def _upper_pairs(rows: int, cols: int, i0: int, j0: int, device) -> tuple[Tensor
     return i, j, j > i
 
 
-def _native(*tensors: Tensor) -> str | None:
-    """The native backend for these tensors ("cpu-native" or "cuda-native"), or None for plain torch."""
-    backend = select("rdm tiles", tensors[0].device, _SUPPORTED)
-    ok = backend != "torch" and all(t.stride(-1) == 1 for t in tensors if t.dim())
-    return backend if ok and len({t.dtype for t in tensors}) == 1 else None
+def _native(*operands: Tensor, extra: tuple[Tensor, ...] = ()) -> str | None:
+    """The native backend ("cpu-native" or "cuda-native") for these operands (one dtype, unit column stride),
+    or None for plain torch. Every tensor a kernel reads, ``extra`` too, must be on one device."""
+    device = operands[0].device
+    if any(t.device != device for t in (*operands, *extra)):  # a kernel would read another device's memory
+        found = sorted({str(t.device) for t in (*operands, *extra)})
+        raise RuntimeError(f"rdm tiles: operands on different devices: {found}")
+    backend = select("rdm tiles", device, _SUPPORTED)
+    ok = backend != "torch" and all(t.stride(-1) == 1 for t in operands if t.dim())
+    return backend if ok and len({t.dtype for t in operands}) == 1 else None
 
 
 def _stream(t: Tensor) -> int:
@@ -63,7 +68,7 @@ def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Ten
     tile: (rows, cols) float32/float64 with unit column stride; bad: uint8 [n]; out: condensed [n(n-1)/2].
     """
     rows, cols = tile.shape
-    backend = _native(tile, out)
+    backend = _native(tile, out, extra=(bad,))
     if backend is not None:
         args = (tile.data_ptr(), tile.stride(0), rows, cols, i0, j0, n, bad.data_ptr(), out.data_ptr(),
                 tile.dtype == torch.float64)
@@ -79,25 +84,26 @@ def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Ten
 
 
 def pair_moments(gram: Tensor, i0: int, j0: int, n: int, s_rows: Tensor, q_rows: Tensor, s_cols: Tensor,
-                 q_cols: Tensor, k: float, eps: float, ref: Tensor, ref_mode: RefMode) -> Tensor:
-    """float64 [6]: n, sum x, sum y, sum x^2, sum y^2, sum xy over the tile's pairs j > i.
+                 q_cols: Tensor, k: float, eps: float, ref: Tensor, ref_mode: RefMode, out: Tensor) -> None:
+    """Add to ``out`` (float64 [6] on the tile's device) n, sum x, sum y, sum x^2, sum y^2, sum xy over the
+    tile's pairs j > i, without waiting for the device.
 
     x = 1 - r with r = (G - s_i s_j / k) / sqrt(v_i v_j), v = q - s^2/k (rows with v <= eps * q skipped);
     y from ``ref`` as ``ref_mode`` says (:class:`RefMode`). Pairs with NaN y are skipped.
     """
     rows, cols = gram.shape
-    backend = _native(gram, ref)
+    backend = _native(gram, ref, extra=(s_rows, q_rows, s_cols, q_cols, out))
     if backend is not None:
         args = (gram.data_ptr(), gram.stride(0), rows, cols, i0, j0, n, s_rows.data_ptr(), q_rows.data_ptr(),
                 s_cols.data_ptr(), q_cols.data_ptr(), float(k), float(eps), ref.data_ptr(),
                 ref.stride(0) if ref_mode != RefMode.CONDENSED else 0, int(ref_mode), gram.dtype == torch.float64)
         if backend == "cuda-native":
             scratch = torch.empty(2 * (rows + cols), dtype=torch.float64, device=gram.device)
-            sums = torch.zeros(6, dtype=torch.float64, device=gram.device)
             with torch.cuda.device(gram.device):
-                native().pair_moments_cuda(*args, scratch.data_ptr(), sums.data_ptr(), _stream(gram))
-            return sums.cpu()
-        return torch.tensor(native().pair_moments_cpu(*args), dtype=torch.float64)
+                native().pair_moments_cuda(*args, scratch.data_ptr(), out.data_ptr(), _stream(gram))
+        else:
+            out += torch.tensor(native().pair_moments_cpu(*args), dtype=torch.float64)
+        return
     i, j, upper = _upper_pairs(rows, cols, i0, j0, gram.device)
 
     def prep(s, q):
@@ -114,8 +120,8 @@ def pair_moments(gram: Tensor, i0: int, j0: int, n: int, s_rows: Tensor, q_rows:
     else:
         y = ref.double() if ref_mode == RefMode.DISSIMILARITY else 1 - ref.double()
     ok = upper & okr[:, None] & okc[None, :] & ~torch.isnan(y)
-    x, y = x[ok], y[ok]
-    return torch.stack([ok.sum().double(), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()]).cpu()
+    x, y = torch.where(ok, x, 0), torch.where(ok, y, 0)  # masks, not boolean indexing: no wait for the device
+    out += torch.stack([ok.sum().double(), x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
 
 
 # --- tile drivers -----------------------------------------------------------------------------------
@@ -139,11 +145,18 @@ def triton_operands(X: Tensor, stats: RowStats, dtype, device) -> tuple[Tensor, 
     return x, torch.zeros(n, dtype=dtype, device=device), torch.ones(n, dtype=dtype, device=device), bad
 
 
+def _row_start(i: int, n: int) -> int:
+    """Condensed position of row i's first pair (i, i + 1); n(n-1)/2 for i = n."""
+    return i * n - i * (i + 1) // 2
+
+
 def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, device, progress: bool) -> None:
-    """Write the RDM of X into ``result``: condensed [N(N-1)/2] or square [N, N], on ``device``."""
+    """Write the RDM of X into ``result``: condensed [N(N-1)/2] or square [N, N]. The GEMMs run on ``device``;
+    a condensed ``result`` elsewhere (a memory-mapped file) receives one block row at a time."""
     n = X.shape[0]
     square = result.dim() == 2
-    if not square and result.device == device and select("rdm", device, TILE_BACKENDS) == "triton":
+    staged = not square and result.device != device
+    if not square and not staged and select("rdm", device, TILE_BACKENDS) == "triton":
         from pozfast.triton_kernels.rdm_tiles import condensed_rdm  # one fused kernel: GEMM tiles + packing
 
         condensed_rdm(*triton_operands(X, stats, dtype, device), result)
@@ -152,6 +165,11 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, devi
     with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)
+            # The condensed pairs of rows i0..i1 are one span, which is the head of the condensed RDM of items
+            # i0..n: staged, a block row is packed as that smaller RDM into a device buffer, then copied out.
+            first = i0 if staged else 0
+            target = torch.empty(_row_start(i1, n) - _row_start(i0, n), dtype=dtype, device=device) \
+                if staged else result
             zi = stats.normalised(X, i0, i1, dtype, device)
             for j0 in range(i0, n, block):
                 j1 = min(j0 + block, n)
@@ -162,14 +180,14 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, devi
                     result[i0:i1, j0:j1] = d
                     result[j0:j1, i0:i1] = d.T
                 else:
-                    pack_condensed(tile, i0, j0, n, bad, result)
+                    pack_condensed(tile, i0 - first, j0 - first, n - first, bad[first:], target)
                 bar.update()
+            if staged:
+                result[_row_start(i0, n):_row_start(i1, n)].copy_(target)
     if square:
         result.fill_diagonal_(0)
-        if bool(stats.bad.any()):
-            b = stats.bad.to(device)
-            result[b, :] = float("nan")
-            result[:, b] = float("nan")
+        b = stats.bad.to(result.device)
+        result.masked_fill_(b[:, None], float("nan")).masked_fill_(b[None, :], float("nan"))  # broadcast masks
 
 
 def similarity_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, sx: RowStats, sy: RowStats | None,
@@ -195,8 +213,8 @@ def similarity_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, sx: RowS
     s = torch.zeros(n, dtype=torch.float64, device=dev)
     q = (~bad).double().to(dev)  # v = q - s^2/k: 1 for valid rows, 0 for the others
     ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
-    mine = tiles(n, block or default_block(n))[rank::size]
-    total = torch.zeros(6, dtype=torch.float64)
+    mine = tiles(n, block or default_block(n, dev))[rank::size]
+    total = torch.zeros(6, dtype=torch.float64, device=dev)
     rows = RowBlocks(X, sx, dtype), RowBlocks(Y, sy, dtype) if Y is not None else None
     with progress_bar(len(mine), progress, "RDM similarity") as bar:
         for i0, i1, j0, j1 in mine:
@@ -205,10 +223,9 @@ def similarity_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, sx: RowS
                 tile_ref, mode = ref_t, RefMode.CONDENSED
             else:
                 tile_ref, mode = rows[1].get(i0, i1) @ rows[1].make(j0, j1).T, RefMode.GRAM
-            total += pair_moments(gram, i0, j0, n, s[i0:i1], q[i0:i1], s[j0:j1], q[j0:j1], 1.0, 0.0,
-                                  tile_ref, mode)
+            pair_moments(gram, i0, j0, n, s[i0:i1], q[i0:i1], s[j0:j1], q[j0:j1], 1.0, 0.0, tile_ref, mode, total)
             bar.update()
-    return all_reduce_sum(total)
+    return all_reduce_sum(total).cpu()
 
 
 def curve_moments(Z: Tensor, counts: list[int], s_steps: Tensor, q_steps: Tensor, bad: Tensor, ref: Tensor | None,
@@ -235,7 +252,7 @@ def curve_moments(Z: Tensor, counts: list[int], s_steps: Tensor, q_steps: Tensor
     bounds = [0, *counts]
     ref_t = ref.to(device=dev, dtype=dtype).contiguous() if ref is not None else None
     mine = tiles(n, block or CURVE_BLOCK)[rank::size]
-    moments = torch.zeros(len(counts), 6, dtype=torch.float64)
+    moments = torch.zeros(len(counts), 6, dtype=torch.float64, device=dev)
     with progress_bar(len(mine), progress, "insertion curve") as bar:
         for i0, i1, j0, j1 in mine:
             zi, zj = Z[i0:i1], Z[j0:j1]
@@ -244,8 +261,7 @@ def curve_moments(Z: Tensor, counts: list[int], s_steps: Tensor, q_steps: Tensor
             gram = torch.zeros(i1 - i0, j1 - j0, dtype=dtype, device=dev)
             for step, (a, b) in enumerate(zip(bounds, bounds[1:])):
                 gram.addmm_(zi[:, a:b], zj[:, a:b].T)
-                moments[step] += pair_moments(
-                    gram, i0, j0, n, s_steps[step, i0:i1], q_steps[step, i0:i1], s_steps[step, j0:j1],
-                    q_steps[step, j0:j1], float(b), ONE_PASS_EPS, tile_ref, mode)
+                pair_moments(gram, i0, j0, n, s_steps[step, i0:i1], q_steps[step, i0:i1], s_steps[step, j0:j1],
+                             q_steps[step, j0:j1], float(b), ONE_PASS_EPS, tile_ref, mode, moments[step])
             bar.update()
-    return all_reduce_sum(moments)
+    return all_reduce_sum(moments).cpu()

@@ -253,8 +253,9 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
             autograd enabled, neither x nor out may require grad (as for torch's ``out=`` functions).
 
     Returns:
-        ``(y, zeros)``: y equals ``torch.relu(x)`` bit for bit (-0.0 passes through, and so does NaN with
-        its payload, which torch's own 16-bit paths may rewrite depending on layout); zeros is an
+        ``(y, zeros)``: y equals ``torch.relu(x)`` on x's device bit for bit (NaN passes through with its
+        payload, which torch's own 16-bit paths may rewrite depending on layout; -0.0 passes through on CPU,
+        and on CUDA comes out with the sign torch's CUDA max gives it); zeros is an
         int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
         (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
     """
