@@ -178,7 +178,7 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
     if descriptor is not None and not isinstance(descriptor, str):
         raise TypeError(f"descriptor must be the name of an rsatoolbox obs descriptor, got "
                         f"{type(descriptor).__name__}")
-    members = _members(X)
+    given = members = _members(X)
     is_set = members is not None
     if members is None:
         t = X if _is_object(X) else as_tensor(X, name)
@@ -186,8 +186,6 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
             members, is_set = list(t), True
         else:
             members = [t]
-    if not members:
-        raise ValueError(f"{name} is an empty list; a set needs at least one dataset")
     if descriptor is not None and not all(_is_dataset(m) for m in members):
         raise ValueError(f"descriptor={descriptor!r} averages rsatoolbox Datasets by condition, but {name} is "
                          f"{type(members[0]).__name__}; give a Dataset or drop descriptor")
@@ -206,7 +204,7 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
         mats.append(as_features(mat, label))
         labels.append(lab)
     _same_items(mats, labels, name)
-    form = Form(_kind(members[0]), mats[0].device, labels[0], is_set, tuple(rsa), descriptor)
+    form = Form(_kind(given[0] if given else X), mats[0].device, labels[0], is_set, tuple(rsa), descriptor)
     return mats, form
 
 
@@ -246,11 +244,14 @@ def _dataset_features(ds: Any, descriptor: str | None, name: str) -> tuple[Any, 
                        f"{sorted(obs)!r}")
     conditions, first, inverse = np.unique(obs[descriptor], return_index=True, return_inverse=True)
     inverse = inverse.reshape(-1)
-    # Mean per condition in float64: sums by index_add, then divided by the counts.
-    x = torch.from_numpy(measurements).to(torch.float64)
-    counts = torch.bincount(torch.from_numpy(inverse), minlength=len(conditions)).to(torch.float64)
-    means = torch.zeros(len(conditions), x.shape[1], dtype=torch.float64).index_add_(0, torch.from_numpy(inverse), x)
-    means /= counts[:, None]
+    # Mean per condition in float64, as one sparse (conditions x observations) indicator product: each
+    # condition's rows summed in observation order, 5-10x faster than a scatter-add or a loop over conditions.
+    from scipy.sparse import csr_matrix
+
+    n_obs = len(inverse)
+    indicator = csr_matrix((np.ones(n_obs), (inverse, np.arange(n_obs))), shape=(len(conditions), n_obs))
+    means = np.asarray(indicator @ measurements.astype(np.float64, copy=False))
+    means /= np.bincount(inverse, minlength=len(conditions))[:, None]
     # A descriptor constant within every condition is kept per condition; one that varies is dropped.
     patterns = {}
     for key, values in obs.items():
@@ -259,7 +260,7 @@ def _dataset_features(ds: Any, descriptor: str | None, name: str) -> tuple[Any, 
             patterns[key] = per_condition.tolist()
     patterns["index"] = list(range(len(conditions)))
     info["pattern_descriptors"] = patterns
-    return means.numpy(), conditions.tolist(), info
+    return means, conditions.tolist(), info
 
 
 def labels_of(patterns: dict) -> list | None:
@@ -407,14 +408,21 @@ def rdms_out(rdms: Tensor, form: Form, *, measure: str | None = None, dtype: Any
     if len(form.rsa) <= 1:
         info = form.rsa[0] if form.rsa else {}
         return _rdms_object(RDMs, vectors, info, measure)
-    parts = [_rdms_object(RDMs, v[None], info, measure) for v, info in zip(vectors, form.rsa)]
-    if form.descriptor is not None:  # as calc_rdm does for a list of datasets
-        from rsatoolbox.rdm.combine import from_partials
+    if form.descriptor is None:  # as calc_rdm does for a list of datasets
+        from rsatoolbox.rdm import concat
 
-        return from_partials(parts, descriptor=form.descriptor)
-    from rsatoolbox.rdm import concat
+        return concat([_rdms_object(RDMs, v[None], info, measure) for v, info in zip(vectors, form.rsa)])
+    # calc_rdm merges per-dataset RDMs with from_partials, whose Python loops over all pairs cost 0.3 s per
+    # dataset at N = 2000. The datasets here share their conditions, so only its descriptor merging matters:
+    # run it on two-condition stand-ins and give the result the real dissimilarities and conditions.
+    from rsatoolbox.rdm.combine import from_partials
 
-    return concat(parts)
+    stand_ins = [_rdms_object(RDMs, np.zeros((1, 1)), {**info, "pattern_descriptors": {form.descriptor: [0, 1]}},
+                              measure) for info in form.rsa]
+    merged = from_partials(stand_ins, descriptor=form.descriptor)
+    return RDMs(vectors, dissimilarity_measure=merged.dissimilarity_measure, descriptors=merged.descriptors,
+                rdm_descriptors=merged.rdm_descriptors,
+                pattern_descriptors={form.descriptor: list(form.labels), "index": list(range(len(form.labels)))})
 
 
 def _condensed(rdms: Tensor, form: Form) -> bool:
@@ -429,9 +437,11 @@ def _rdms_object(RDMs, vectors: np.ndarray, info: dict, measure: str | None):
         patterns = {}
     if any(len(_as_list(v)) != n_rdm for v in rdm_desc.values()):
         rdm_desc = {}
-    return RDMs(vectors, dissimilarity_measure=measure if measure is not None else info.get("measure"),
-                descriptors=copy.deepcopy(info.get("descriptors", {})), rdm_descriptors=rdm_desc,
-                pattern_descriptors=patterns)
+    out = RDMs(vectors, dissimilarity_measure=measure if measure is not None else info.get("measure"),
+               descriptors=copy.deepcopy(info.get("descriptors", {})), rdm_descriptors=rdm_desc)
+    if patterns:
+        out.pattern_descriptors = patterns  # as given: rsatoolbox's calc_rdm without a descriptor adds no 'index'
+    return out
 
 
 def _as_list(v: Any) -> list:
