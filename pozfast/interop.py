@@ -131,10 +131,14 @@ def _is_stored(x: Any) -> bool:
     return files is not None and isinstance(x, files.StoredRDMs)
 
 
+def is_rdm_object(x: Any) -> bool:
+    """Whether ``x`` is an rsatoolbox ``RDMs`` or a :class:`StoredRDMs`: RDMs by type, never features."""
+    return _is_rdms(x) or _is_stored(x)
+
+
 def _is_object(x: Any) -> bool:
     """An array-like object (not a nested list of numbers): one member of a set."""
-    return (isinstance(x, (np.ndarray, Tensor)) or _is_dataframe(x) or _is_dataset(x) or _is_rdms(x)
-            or _is_stored(x))
+    return isinstance(x, (np.ndarray, Tensor)) or _is_dataframe(x) or _is_dataset(x) or is_rdm_object(x)
 
 
 def _kind(x: Any) -> str:
@@ -151,7 +155,8 @@ def _frame_values(df: Any, name: str) -> tuple[np.ndarray, list]:
     """A DataFrame's (or Series') numbers and its index as labels; non-numeric columns are named."""
     pd = _module("pandas")
     if isinstance(df, pd.DataFrame):
-        bad = [c for c, t in df.dtypes.items() if not (pd.api.types.is_numeric_dtype(t) or pd.api.types.is_bool_dtype(t))]
+        types = pd.api.types
+        bad = [c for c, t in df.dtypes.items() if not (types.is_numeric_dtype(t) or types.is_bool_dtype(t))]
         if bad:
             raise TypeError(f"{name} must hold numbers only; its columns {bad[:5]!r} are not numeric")
     values = df.to_numpy()
@@ -197,7 +202,7 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
             rsa.append(info)
         elif _is_dataframe(m):
             mat, lab = _frame_values(m, label)
-        elif _is_rdms(m) or _is_stored(m):
+        elif is_rdm_object(m):
             raise TypeError(f"{label} is an RDM set, not features; compare RDMs with compare_rdms")
         else:
             mat, lab = m, None
@@ -286,7 +291,7 @@ def as_rdm_set(rdms: Any, name: str = "rdm", *, kind: str = "dissimilarity",
     Returns:
         (vectors, form): S = 1 and ``form.is_set`` False for one RDM.
     """
-    if _is_rdms(rdms) or _is_stored(rdms):
+    if is_rdm_object(rdms):
         return _rsa_rdm_set(rdms, name, kind)
     if _is_dataset(rdms):
         raise TypeError(f"{name} is an rsatoolbox Dataset (features), not an RDM; compute its RDM with "

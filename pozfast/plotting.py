@@ -61,7 +61,7 @@ def plot_rdm(d: Any, labels: Sequence | None = None, path: str | os.PathLike | N
     vectors, form = as_rdm_set(d, "d", kind=kind, kind_arg="kind")
     if vectors.shape[0] != 1:
         raise ValueError(f"plot_rdm draws one RDM; d holds {vectors.shape[0]}: pass one of them")
-    values = vectors[0].numpy().copy()
+    values = vectors[0].cpu().numpy().copy()
     n = n_items(values.size, "d")
     labels = list(labels) if labels is not None else form.labels
     if labels is not None and len(labels) != n:

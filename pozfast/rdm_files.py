@@ -103,10 +103,11 @@ def save_rdm(path: str | os.PathLike, rdm: Any, labels: Any = None, measure: str
     info = form.rsa[0] if form.rsa else {}
     n = n_items(vectors.shape[1])
     patterns = dict(info.get("pattern_descriptors", {}))
-    if labels is not None or (form.labels is not None and not patterns):
-        patterns = {"conds": _labels(labels if labels is not None else form.labels, n), "index": list(range(n))}
+    if labels is not None or (form.labels is not None and not patterns):  # other descriptors are kept
+        patterns = {**patterns, "conds": _labels(labels if labels is not None else form.labels, n),
+                    "index": patterns.get("index", list(range(n)))}
     measure = measure if measure is not None else info.get("measure")
-    array = vectors.numpy()
+    array = vectors.cpu().numpy()
     if fmt == "npy":
         if labels is not None or measure is not None:
             raise ValueError(f"{Path(path).name}: .npy holds the dissimilarities only; save labels and measure "

@@ -38,7 +38,7 @@ def install_rsatoolbox_backend() -> None:
     try:
         importlib.import_module("rsatoolbox")
         calc = importlib.import_module("rsatoolbox.rdm.calc")
-        compare = importlib.import_module("rsatoolbox.rdm.compare")  # the module (the package attribute is the function)
+        compare = importlib.import_module("rsatoolbox.rdm.compare")  # the module; rsatoolbox.rdm.compare is a function
     except ImportError as exc:
         raise ImportError("install_rsatoolbox_backend needs rsatoolbox: pip install rsatoolbox") from exc
     missing = [f"{m.__name__}.{a}" for m, a in [(calc, "calc_rdm"), (compare, "_parse_input_rdms"),

@@ -378,6 +378,23 @@ def test_rsatoolbox_hdf5_file_loads_in_pozfast(tmp_path):
     # a stored set goes into the comparison functions as RDMs
     vectors, form = as_rdm_set(ours)
     assert form.is_set and form.kind == "numpy" and vectors.shape == (3, rdms.dissimilarities.shape[1])
+    assert interop.is_rdm_object(ours) and interop.is_rdm_object(rdms)
+    assert not interop.is_rdm_object(rdms.dissimilarities)
+    with pytest.raises(TypeError, match=r"X is an RDM set, not features"):
+        as_feature_set(ours)
+
+
+def test_labels_given_join_the_inputs_descriptors(tmp_path):
+    rsa = _rsatoolbox()
+    pytest.importorskip("h5py")
+    rdms = rsa.rdm.RDMs(pdist(np.random.default_rng(15).normal(size=(4, 3)))[None], dissimilarity_measure="euclidean",
+                        pattern_descriptors={"stim": ["w", "x", "y", "z"]})
+    pozfast.save_rdm(tmp_path / "r.h5", rdms, labels=["a", "b", "c", "d"])
+    theirs = rsa.rdm.load_rdm(str(tmp_path / "r.h5"))
+    assert list(theirs.pattern_descriptors["stim"]) == ["w", "x", "y", "z"]
+    assert list(theirs.pattern_descriptors["conds"]) == ["a", "b", "c", "d"]
+    assert theirs.dissimilarity_measure == "euclidean"
+    assert pozfast.load_rdm(tmp_path / "r.h5").labels == ["a", "b", "c", "d"]
 
 
 def test_npz_and_npy_files(tmp_path, normal_umask):
