@@ -5,10 +5,14 @@ from pozfast.apoz import apoz
 from pozfast.backends import BackendStatus, backends, use_backend
 from pozfast.ops.relu_count import relu_count
 from pozfast.geometry import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
+from pozfast.plotting import plot_rdm
+from pozfast.rdm_files import StoredRDMs, load_rdm, save_rdm
 from pozfast.report import APoZReport, LayerAPoZ
+from pozfast.rsatoolbox_backend import install_rsatoolbox_backend, uninstall_rsatoolbox_backend
 from pozfast.tracking import APoZTracker, track_apoz
 
-__all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "apoz",
-           "backends", "compare_rdms", "insertion_curve", "rdm", "rdm_similarity", "relu_count", "track_apoz",
+__all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "StoredRDMs",
+           "apoz", "backends", "compare_rdms", "insertion_curve", "install_rsatoolbox_backend", "load_rdm",
+           "plot_rdm", "rdm", "rdm_similarity", "relu_count", "save_rdm", "track_apoz", "uninstall_rsatoolbox_backend",
            "use_backend"]
 __version__ = "0.1.0"
