@@ -3,12 +3,13 @@ geometry for PyTorch, with native CPU, CUDA and Triton kernels and plain-torch f
 
 from pozfast.apoz import apoz
 from pozfast.backends import BackendStatus, backends, use_backend
+from pozfast.ops.near_zero import near_zero_counts, relu_near_zero_counts
 from pozfast.ops.relu_count import relu_count
 from pozfast.geometry import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
 from pozfast.report import APoZReport, LayerAPoZ
 from pozfast.tracking import APoZTracker, track_apoz
 
 __all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "apoz",
-           "backends", "compare_rdms", "insertion_curve", "rdm", "rdm_similarity", "relu_count", "track_apoz",
-           "use_backend"]
+           "backends", "compare_rdms", "insertion_curve", "near_zero_counts", "rdm", "rdm_similarity", "relu_count",
+           "relu_near_zero_counts", "track_apoz", "use_backend"]
 __version__ = "0.1.0"
