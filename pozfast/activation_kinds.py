@@ -79,13 +79,16 @@ def _transformers_classes(load: bool) -> dict[type, str]:
     return classes
 
 
-def module_kind(module: nn.Module) -> str | None:
-    """The kind of an activation module counted from its output; None for every other module (nn.ReLU too)."""
-    cls = type(module)
+def module_kinds(modules: Iterable[nn.Module]) -> dict[nn.Module, str]:
+    """The kind of each activation module among ``modules`` that is counted from its output (nn.ReLU is not:
+    its F.relu call is counted, fused with the ReLU)."""
     hf = _transformers_classes(load=False)
-    if cls in hf:
-        return hf[cls]
-    return next((kind for torch_cls, kind in _TORCH_MODULES if isinstance(module, torch_cls)), None)
+    found = {}
+    for module in modules:
+        kind = hf.get(type(module)) or next((k for cls, k in _TORCH_MODULES if isinstance(module, cls)), None)
+        if kind is not None:
+            found[module] = kind
+    return found
 
 
 def known_kinds() -> list[str]:

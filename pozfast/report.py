@@ -225,9 +225,11 @@ class APoZReport:
                          f"{a.mean().item():.3f}", *(str(int((a > t).sum())) for t in (0.5, 0.9, 0.99)),
                          f"{100 * dead / max(e.channels, 1):.1f}%", str(dead)])
         table = tables.aligned(headers, rows)
-        if self.masked_layers:
+        masked = self.masked_layers
+        if masked:
+            rest = "" if len(masked) == len(self) else "; the others counted every position"
             table += (f"\ntoken mask: {self.sequences} sequences, {self.tokens} tokens counted at the "
-                      f"{len(self.masked_layers)} sites marked (masked); the others counted every position")
+                      f"{len(masked)} sites marked (masked){rest}")
         return table
 
     def to_json(self) -> dict:

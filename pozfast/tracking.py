@@ -198,8 +198,8 @@ class APoZTracker:
     def __enter__(self) -> APoZTracker:
         if self._handles:
             raise RuntimeError("this tracker is already active")
-        self._module_kinds = {name: kind for module, name in self._names.items()
-                              if (kind := activation_kinds.module_kind(module)) in self.kinds}
+        self._module_kinds = {self._names[module]: kind for module, kind in
+                              activation_kinds.module_kinds(self._names).items() if kind in self.kinds}
         for module, name in self._names.items():
             self._hook(module, name)
         if not self._sites and is_compiled(self.model):

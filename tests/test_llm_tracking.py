@@ -355,3 +355,51 @@ NET = models.mlp()
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def _two_devices() -> tuple[str, str] | None:
+    if not torch.cuda.is_available():
+        return None
+    return ("cuda:0", "cuda:1") if torch.cuda.device_count() >= 2 else ("cuda:0", "cpu")
+
+
+class Split(nn.Module):
+    """Two FFN halves on two devices, as a model split over GPUs runs."""
+
+    def __init__(self, first: str, second: str):
+        super().__init__()
+        self.up = nn.Linear(8, 16).to(first)
+        self.act = nn.GELU()
+        self.up2 = nn.Linear(16, 12).to(second)
+        self.second = second
+
+    def forward(self, x, attention_mask=None):
+        return F.relu(self.up2(self.act(self.up(x)).to(self.second)))
+
+
+@pytest.mark.skipif(_two_devices() is None, reason="needs a CUDA device (counters on two devices)")
+def test_model_split_over_devices_keeps_counts_on_each_device():
+    first, second = _two_devices()
+    torch.manual_seed(0)
+    model = Split(first, second).eval()
+    gen = torch.Generator().manual_seed(2)
+    batches = [{"x": torch.randn(3, 5, 8, generator=gen), "attention_mask": torch.rand(3, 5, generator=gen) > 0.3}
+               for _ in range(2)]
+    options = dict(activations=["gelu", "relu"], thresholds=THRESHOLDS)
+    with torch.no_grad(), pozfast.track_apoz(model, **options) as tracker:
+        for b in batches:
+            model(x=b["x"].to(first), attention_mask=b["attention_mask"].to(first))
+    assert [s.counts.device for s in tracker._sites.values()] == [torch.device(first), torch.device(second)]
+    report = tracker.report()
+    assert report.layers == ["act", "<root>"]
+    expected = {"act": 0, "<root>": 0}
+    with torch.no_grad():  # the same kernels on the same devices, counted in float64 on the CPU
+        for b in batches:
+            a = model.act(model.up(b["x"].to(first)))
+            r = F.relu(model.up2(a.to(second)))
+            for key, out in (("act", a), ("<root>", r)):
+                expected[key] = expected[key] + near_zero_reference(out.double().cpu(), THRESHOLDS, -1,
+                                                                    b["attention_mask"])
+    for key in expected:
+        assert report[key].counts.device.type == "cpu" and torch.equal(report[key].counts, expected[key])
+        assert report[key].total == sum(int(b["attention_mask"].sum()) for b in batches)
