@@ -24,7 +24,9 @@ from benchmarks._timing import machine_description  # noqa: E402
 
 BENCHMARKS = {
     "relu_count": "fused ReLU + zero count vs torch.relu, the usual APoZ code and copy bandwidth",
+    "near_zero": "per-channel |a| <= tau counts at 1 and 4 thresholds, masked, vs the usual torch code",
     "apoz": "APoZ of a VGG-style CNN vs a plain forward and forward hooks",
+    "llm": "activation tracking of an OPT-125m-shaped decoder on padded batches, eager and compiled",
     "rdm": "RDMs, insertion curves and streaming similarity vs torch, rsatoolbox and scipy",
     "trim": "one trimming round of the digits CNN, 1 process vs 2 gloo processes",
     "gpu": "GPU kernels (CUDA, Triton) against the device's copy bandwidth and matmul rate; needs a GPU",

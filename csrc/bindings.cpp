@@ -5,7 +5,9 @@
 
 #include <stdexcept>
 #include <string>
+#include <vector>
 
+#include "near_zero.h"
 #include "rdm_tiles.h"
 #include "relu_count.h"
 
@@ -26,6 +28,18 @@ pozfast::RefMode to_ref_mode(int code) {
 template <typename T>
 T* ptr(uintptr_t address) {
   return reinterpret_cast<T*>(address);
+}
+
+pozfast::NearZeroArgs near_zero_args(uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels,
+                                     int64_t inner, uintptr_t mask, int64_t repeat,
+                                     const std::vector<int64_t>& keys, int dtype) {
+  if (keys.empty() || keys.size() > size_t(pozfast::kMaxThresholds))
+    throw std::invalid_argument("pozfast._C: 1 to " + std::to_string(pozfast::kMaxThresholds) +
+                                " threshold keys, got " + std::to_string(keys.size()));
+  pozfast::NearZeroArgs args{ptr<const void>(x), ptr<void>(y), ptr<int64_t>(counts), outer, channels, inner,
+                             ptr<const uint8_t>(mask), repeat, int(keys.size()), {}, to_dtype(dtype)};
+  for (size_t t = 0; t < keys.size(); ++t) args.keys[t] = keys[t];
+  return args;
 }
 
 #ifdef POZFAST_WITH_CUDA
@@ -51,6 +65,18 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
       py::arg("dtype"), py::arg("threads"), "Returns the number of threads that ran.");
+  m.def(
+      "near_zero_count_cpu",
+      [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, uintptr_t mask,
+         int64_t repeat, const std::vector<int64_t>& keys, int dtype, int threads) {
+        const auto args = near_zero_args(x, y, counts, outer, channels, inner, mask, repeat, keys, dtype);
+        py::gil_scoped_release release;
+        return pozfast::near_zero_count_cpu(args, threads);
+      },
+      py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
+      py::arg("mask"), py::arg("repeat"), py::arg("keys"), py::arg("dtype"), py::arg("threads"),
+      "Adds near-zero counts to counts [len(keys), channels]; y = 0 counts only, mask = 0 counts every row. "
+      "Returns the number of threads that ran.");
   m.def("cpu_isas", &pozfast::cpu_isas,
         "[(name, runs on this CPU)] of the compiled CPU kernel builds, widest first.");
   m.def("cpu_isa", &pozfast::cpu_isa, "The CPU kernel build in use.");
@@ -109,6 +135,20 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
       py::arg("dtype"), py::arg("stream"));
+  m.def(
+      "near_zero_count_cuda",
+      [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, uintptr_t mask,
+         int64_t repeat, const std::vector<int64_t>& keys, int dtype, uintptr_t stream) {
+        const auto args = near_zero_args(x, y, counts, outer, channels, inner, mask, repeat, keys, dtype);
+        int err;
+        {
+          py::gil_scoped_release release;
+          err = pozfast::near_zero_count_cuda(args, ptr<void>(stream));
+        }
+        check_cuda(err, "near_zero_count");
+      },
+      py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
+      py::arg("mask"), py::arg("repeat"), py::arg("keys"), py::arg("dtype"), py::arg("stream"));
   m.def("cuda_device_count", &pozfast::cuda_device_count);
   m.def("cuda_kernel_image", &pozfast::cuda_kernel_image, py::arg("device"),
         "0 when the compiled kernels run on this device, else the CUDA error code.");

@@ -3,6 +3,7 @@ geometry for PyTorch, with native CPU, CUDA and Triton kernels and plain-torch f
 
 from pozfast.apoz import apoz
 from pozfast.backends import BackendStatus, backends, use_backend
+from pozfast.ops.near_zero import near_zero_counts, relu_near_zero_counts
 from pozfast.ops.relu_count import relu_count
 from pozfast.geometry import Comparison, InsertionCurve, compare_rdms, insertion_curve, rdm, rdm_similarity
 from pozfast.plotting import plot_rdm
@@ -13,6 +14,6 @@ from pozfast.tracking import APoZTracker, track_apoz
 
 __all__ = ["APoZReport", "APoZTracker", "BackendStatus", "Comparison", "InsertionCurve", "LayerAPoZ", "StoredRDMs",
            "apoz", "backends", "compare_rdms", "insertion_curve", "install_rsatoolbox_backend", "load_rdm",
-           "plot_rdm", "rdm", "rdm_similarity", "relu_count", "save_rdm", "track_apoz", "uninstall_rsatoolbox_backend",
-           "use_backend"]
+           "near_zero_counts", "plot_rdm", "rdm", "rdm_similarity", "relu_count", "relu_near_zero_counts", "save_rdm",
+           "track_apoz", "uninstall_rsatoolbox_backend", "use_backend"]
 __version__ = "0.1.0"

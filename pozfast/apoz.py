@@ -1,7 +1,7 @@
 """The APoZ measurement driver: :func:`apoz` runs a model over validation data while tracking it.
 
 What is counted and how layers are named: :mod:`pozfast.tracking`. How batches reach the model:
-:mod:`pozfast.batches`.
+:mod:`pozfast.batches`. Token masks: :mod:`pozfast.token_masks`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pozfast.batches import batch_size, call_args, run_model, to_device
 from pozfast.distributed import initialized
 from pozfast.modules import kept_modes, run_device
 from pozfast.report import APoZReport
+from pozfast.token_masks import TokenMask, from_batch, option
 from pozfast.tracking import APoZTracker, track_apoz
 from pozfast.validate import batch_iterable, optional_positive_int, positive_int
 
@@ -29,8 +30,11 @@ CHECKPOINT_FORMAT = "pozfast-apoz-checkpoint"
 def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None = None,
          layers: Iterable[str] | None = None, max_batches: int | None = None, progress: bool = True,
          inputs: Callable[[Any], Any] | None = None, channel_dims: Mapping[str, int] | None = None,
-         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50) -> APoZReport:
-    """Measure the APoZ of every ReLU of ``model`` over ``data`` (the paper's validation protocol).
+         checkpoint: str | os.PathLike | None = None, checkpoint_every: int = 50,
+         thresholds: Iterable[float] = (0.0,), activations: str | Iterable[str] | None = None,
+         token_mask: TokenMask = "auto") -> APoZReport:
+    """Measure the APoZ of every ReLU of ``model`` over ``data`` (the paper's validation protocol), or the
+    near-zero fractions of other activations at several thresholds.
 
     Args:
         model: any ``nn.Module``; run in eval mode under ``torch.no_grad()``, each module's training
@@ -49,6 +53,13 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
             and when interrupted (only completed batches count); if it exists, the run resumes after the
             batches it holds. It records the model's fingerprint and ``layers``/``channel_dims``; resuming
             with another model, other arguments or less data is an error.
+        thresholds: 1 to 32 increasing taus >= 0; per channel, the elements with ``|a| <= tau`` are counted
+            for each (``report[key].fraction(tau)``). ``(0.0,)``: exact zeros, APoZ.
+        activations: the activation kinds counted (:mod:`pozfast.activation_kinds`): ``"gelu"``, ``["silu",
+            "relu"]``, ``"all"``...; default ReLU only.
+        token_mask: ``"auto"``: a dict or BatchEncoding batch with an ``attention_mask`` counts only its
+            nonzero positions (padding is left out); None: every position; a function ``batch -> (N, L) mask
+            or None``. The mask applies to activations (N, L, ...) and (N*L, ...) (:mod:`pozfast.token_masks`).
     Returns:
         An :class:`APoZReport`, summed over ranks when ``torch.distributed`` is initialised (a rank
         without batches gets the same report as the others).
@@ -59,8 +70,12 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
     checkpoint_every = positive_int(checkpoint_every, "checkpoint_every")
     if checkpoint is not None and Path(checkpoint).is_dir():
         raise ValueError(f"checkpoint {checkpoint} is a folder; give a file name (it is created if missing)")
-    tracker = track_apoz(model, layers=layers, channel_dims=channel_dims)
-    arguments = {"layers": tracker.layers, "channel_dims": tracker.channel_dims}
+    token_mask = option(token_mask)
+    tracker = track_apoz(model, layers=layers, channel_dims=channel_dims, thresholds=thresholds,
+                         activations=activations, token_mask=None)  # the mask comes from each batch
+    arguments = {"layers": tracker.layers, "channel_dims": tracker.channel_dims,
+                 "thresholds": list(tracker.thresholds), "activations": sorted(tracker.kinds),
+                 "token_mask": token_mask if token_mask is None or isinstance(token_mask, str) else "function"}
     done = 0
     if checkpoint is not None and Path(checkpoint).exists():
         done = _resume(tracker, checkpoint, arguments)
@@ -80,6 +95,8 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
                     continue  # counted before the interruption
                 args, kwargs = call_args(model, batch, inputs)
                 args, kwargs = to_device(args, device), to_device(kwargs, device)
+                mask = from_batch(batch, token_mask)
+                tracker.set_token_mask(None if mask is None else to_device(mask, device))
                 run_model(model, args, kwargs, f"batch {index} of data")
                 if index == done and not distributed:  # ranks check together, after the reduction
                     _check_first_batch(tracker)
@@ -105,8 +122,7 @@ def apoz(model: nn.Module, data: Iterable, *, device: str | torch.device | None 
 
 def _check_first_batch(tracker: APoZTracker) -> None:
     if not tracker._sites:
-        raise ValueError(f"{type(tracker.root).__name__} has no ReLU (nn.ReLU, F.relu, torch.relu, Tensor.relu) "
-                         "in its forward: nothing to count")
+        raise ValueError(f"{tracker.nothing_counted()}: nothing to count")
     tracker._selected(tracker._sites)  # unknown names in layers or channel_dims fail now, not at the end
 
 

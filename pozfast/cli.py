@@ -85,7 +85,8 @@ def cmd_apoz(args: argparse.Namespace) -> int:
     else:
         model, data = call_spec(args.model, "model"), call_spec(args.data, "data")
     report = pozfast.apoz(model, data, device=args.device, layers=args.layers, max_batches=args.max_batches,
-                          progress=not args.no_progress, checkpoint=args.checkpoint)
+                          progress=not args.no_progress, checkpoint=args.checkpoint, thresholds=args.thresholds,
+                          activations=args.activations, token_mask=None if args.token_mask == "none" else "auto")
     report.save(out / "apoz.json")
     summary = report.summary()
     (out / "summary.txt").write_text(summary + "\n")
@@ -221,11 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser(
-        "apoz", help="measure the APoZ of every ReLU of a model over a dataset",
-        description="Measure the APoZ of every ReLU call site of a model over validation data; write the "
-                    "report (JSON), a summary table and plots into an output folder. Without --model and "
-                    "--data, measures the embedded digits default.",
-        epilog="example: pozfast apoz --model mypkg.models:build --data mypkg.data:val_loader --out runs/apoz")
+        "apoz", help="measure the APoZ of every ReLU (or near-zero fractions of other activations) over a dataset",
+        description="Measure the APoZ of every ReLU call site of a model over validation data (or, with "
+                    "--activations and --thresholds, the share of |a| <= tau of GELU, SiLU and other "
+                    "activations); write the report (JSON), a summary table and plots into an output folder. "
+                    "Without --model and --data, measures the embedded digits default.",
+        epilog="examples:\n  pozfast apoz --model mypkg.models:build --data mypkg.data:val_loader --out runs/apoz\n"
+               "  pozfast apoz --model m:llm --data m:padded_batches --activations silu --thresholds 0 0.01 0.1 "
+               "--token-mask auto",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", metavar="MODULE:FUNCTION", help="function returning the nn.Module to measure")
     p.add_argument("--data", metavar="MODULE:FUNCTION",
                    help="function returning an iterable of batches (tensors, (inputs, targets) or dicts)")
@@ -234,6 +239,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", metavar="KEY", help="report only these layer keys or module names")
     p.add_argument("--max-batches", type=int, metavar="N", help="stop after N batches")
     p.add_argument("--checkpoint", metavar="FILE", help="save counts here while running; resume from it if it exists")
+    p.add_argument("--thresholds", nargs="+", type=float, default=[0.0], metavar="TAU",
+                   help="count |a| <= tau per channel for each tau (increasing, up to 32; default: 0, APoZ)")
+    p.add_argument("--activations", nargs="+", metavar="KIND",
+                   help="activation kinds to count: relu (default), relu6, gelu, silu, ... or all")
+    p.add_argument("--token-mask", default="auto", choices=["auto", "none"],
+                   help="auto: dict batches with an attention_mask count only its nonzero positions (default); "
+                        "none: count every position")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_apoz)
 

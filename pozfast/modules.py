@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -85,14 +85,27 @@ def is_compiled(model: nn.Module) -> bool:
                is not None for m in model.modules())
 
 
-def eager(model: nn.Module) -> contextlib.AbstractContextManager:
-    """Run compiled parts of ``model`` eagerly, so that hooks and function modes see every call.
+def bypass_compiled(model: nn.Module) -> Callable[[], None]:
+    """Make the compiled parts of ``model`` (``torch.compile`` wrappers and ``Module.compile``) call their
+    original modules until the returned function is called, so that forwards run eagerly meanwhile.
 
-    ``torch.compiler.set_stance`` is process-wide: other compiled code also runs eagerly meanwhile.
+    Only those modules change, each in one attribute; nothing process-wide (unlike
+    ``torch.compiler.set_stance``), and their compiled code is kept for later.
     """
-    if is_compiled(model):
-        return torch.compiler.set_stance("force_eager")
-    return contextlib.nullcontext()
+    undo = []
+    for m in model.modules():
+        if isinstance(getattr(m, "_orig_mod", None), nn.Module) and "forward" in m.__dict__:
+            undo.append((m, "forward", m.__dict__["forward"]))
+            m.forward = m._orig_mod.__call__
+        if getattr(m, "_compiled_call_impl", None) is not None:
+            undo.append((m, "_compiled_call_impl", m._compiled_call_impl))
+            m._compiled_call_impl = None
+
+    def restore() -> None:
+        for m, attr, value in reversed(undo):
+            setattr(m, attr, value)
+
+    return restore
 
 
 def fingerprint(model: nn.Module) -> str:

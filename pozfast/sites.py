@@ -1,4 +1,4 @@
-"""ReLU call sites: their counts, their readable keys, selection by name, and sums over ranks."""
+"""Activation call sites: their counters, their readable keys, selection by name, and sums over ranks."""
 
 from __future__ import annotations
 
@@ -11,31 +11,52 @@ from torch import Tensor
 
 from pozfast.distributed import all_reduce_sum, world
 
+# The fields of Site.seen, one int64 each.
+TOTAL, EXAMPLES, TOKENS = range(3)
+
 
 def union_names(*groups: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for g in groups for n in g))
 
 
-@dataclasses.dataclass
+def new_counters(thresholds: int, channels: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
+    """Zeroed ``(counts [T, C], seen [3])`` int64 counters on ``device``."""
+    return (torch.zeros((thresholds, channels), dtype=torch.int64, device=device),
+            torch.zeros(3, dtype=torch.int64, device=device))
+
+
+@dataclasses.dataclass(eq=False)
 class Site:
-    """The counts of one ReLU call site: committed totals, and the current forward's pending ones."""
+    """The counters of one activation call site, on the device of the activation they count.
+
+    ``counts[t, c]``: elements of channel c with ``|a| <= thresholds[t]``; ``seen``: (elements counted per
+    channel, examples, tokens under the token mask). ``pending`` and ``p_seen`` hold the current forward's
+    counts, added to the committed ones when the forward completes.
+    """
 
     module: str
     call: int
     channel_dim: int
-    zeros: Tensor
+    kind: str
+    counts: Tensor
+    seen: Tensor
     producers: tuple[str, ...] = ()
-    total: int = 0
-    examples: int = 0
+    masked: bool = False
     committed: bool = False
-    # this forward's counts, added to the totals when the forward completes
-    p_zeros: Tensor | None = None
-    p_total: int = 0
-    p_examples: int = 0
+    pending: Tensor | None = None
+    p_seen: Tensor | None = None
+
+    def __post_init__(self):
+        if self.pending is None:
+            self.pending, self.p_seen = torch.zeros_like(self.counts), torch.zeros_like(self.seen)
+
+    @property
+    def total(self) -> int:
+        return int(self.seen[TOTAL])
 
 
 def site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
-    """Readable keys: the module path, plus ':call' for modules that call ReLU more than once."""
+    """Readable keys: the module path, plus ':call' for modules that make more than one tracked call."""
     calls: dict[str, int] = {}
     for module, call in sites:
         calls[module] = max(calls.get(module, 0), call + 1)
@@ -43,7 +64,7 @@ def site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], str
 
 
 def dim_keys(module: str, call: int) -> tuple[str, ...]:
-    """The ``channel_dims`` keys that name ReLU call ``call`` of ``module``: ``key:call`` and the key."""
+    """The ``channel_dims`` keys that name call ``call`` of ``module``: ``key:call`` and the key."""
     shown = module or "<root>"
     return f"{shown}:{call}", shown
 
@@ -60,34 +81,48 @@ def select_sites(sites: Mapping[tuple[str, int], Site], layers: list[str] | None
         match = {s for s, k in keys.items() if k == wanted or s[0] == wanted or s[0].startswith(wanted + ".")
                  or wanted in sites[s].producers}
         if not match:
-            raise KeyError(f"layer {wanted!r} is not a ReLU call site of this model, a module containing one or "
-                           f"a layer whose output reaches one; sites: {list(keys.values())}")
+            raise KeyError(f"layer {wanted!r} is not a ReLU call site (or one of another activation kind tracked) "
+                           f"of this model, a module containing one or a layer whose output reaches one; sites: "
+                           f"{list(keys.values())}")
         chosen |= match
     return [s for s in keys if s in chosen]
 
 
-def all_reduce_sites(sites: dict[tuple[str, int], Site]) -> dict[tuple[str, int], Site]:
-    """Sum the counts of every rank; ranks that saw fewer (or no) call sites contribute zeros."""
-    local = [(s.module, s.call, s.channel_dim, s.zeros.numel(), s.producers) for s in sites.values()]
+def all_reduce_sites(sites: dict[tuple[str, int], Site], thresholds: tuple[float, ...]) -> dict[tuple[str, int], Site]:
+    """Sum the counts of every rank into new CPU sites; ranks that saw fewer (or no) call sites contribute
+    zeros. Counts stay int64 throughout (no float or int32 step). Every rank must count the same
+    ``thresholds``."""
+    local = [(s.module, s.call, s.channel_dim, tuple(s.counts.shape), s.kind, s.producers, s.masked)
+             for s in sites.values()]
     gathered: list = [None] * world()[1]
-    torch.distributed.all_gather_object(gathered, local)
-    union: dict[tuple[str, int], tuple[int, int]] = {}
+    torch.distributed.all_gather_object(gathered, (tuple(thresholds), local))
+    odd = [rank for rank, (taus, _) in enumerate(gathered) if taus != tuple(thresholds)]
+    if odd:
+        raise RuntimeError(f"ranks count different thresholds: this rank {list(thresholds)}, rank {odd[0]} "
+                           f"{list(gathered[odd[0]][0])}")
+    gathered = [rank_sites for _, rank_sites in gathered]
+    union: dict[tuple[str, int], tuple[int, tuple[int, int], str]] = {}
     producers: dict[tuple[str, int], tuple[str, ...]] = {}
+    masked: dict[tuple[str, int], bool] = {}
     for rank_sites in gathered:
-        for module, call, cd, channels, prods in rank_sites:
-            if union.setdefault((module, call), (cd, channels)) != (cd, channels):
-                raise RuntimeError(f"ranks disagree on ReLU call {call} of {module or '<root>'!r}: "
-                                   f"{union[(module, call)]} vs {(cd, channels)} (channel axis, channels)")
+        for module, call, cd, shape, kind, prods, was_masked in rank_sites:
+            if union.setdefault((module, call), (cd, shape, kind)) != (cd, shape, kind):
+                raise RuntimeError(f"ranks disagree on call {call} of {module or '<root>'!r}: "
+                                   f"{union[(module, call)]} vs {(cd, shape, kind)} (channel axis, "
+                                   "(thresholds, channels), kind)")
             producers[(module, call)] = union_names(producers.get((module, call), ()), prods)
+            masked[(module, call)] = masked.get((module, call), False) or was_masked
     parts = []
-    for key, (_, channels) in union.items():
+    for key, (_, shape, _) in union.items():
         s = sites.get(key)
-        zeros = s.zeros.cpu() if s else torch.zeros(channels, dtype=torch.int64)
-        parts += [zeros, torch.tensor([s.total if s else 0, s.examples if s else 0], dtype=torch.int64)]
+        counts, seen = (s.counts.cpu(), s.seen.cpu()) if s else new_counters(*shape, "cpu")
+        parts += [counts.flatten(), seen]
     flat = all_reduce_sum(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64))
     out, offset = {}, 0
-    for (module, call), (cd, channels) in union.items():
-        zeros, (total, examples) = flat[offset:offset + channels], flat[offset + channels:offset + channels + 2].tolist()
-        out[(module, call)] = Site(module, call, cd, zeros, producers[(module, call)], total, examples, True)
-        offset += channels + 2
+    for (module, call), (cd, (t, c), kind) in union.items():
+        counts = flat[offset:offset + t * c].reshape(t, c)
+        seen = flat[offset + t * c:offset + t * c + 3]
+        out[(module, call)] = Site(module, call, cd, kind, counts, seen, producers[(module, call)],
+                                   masked[(module, call)], committed=True)
+        offset += t * c + 3
     return out

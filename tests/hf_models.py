@@ -59,3 +59,38 @@ def token_batch(n: int = 3, length: int = 10, vocab: int = 64, seed: int = 0, le
         mask[i, :pad] = 0
         ids[i, :pad] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def gpt2(seed: int = 0):
+    """GPT-2 (its MLP activation is ``gelu_new``, transformers' NewGELUActivation)."""
+    torch.manual_seed(seed)
+    cfg = transformers.GPT2Config(vocab_size=64, n_positions=32, n_embd=16, n_layer=2, n_head=2, n_inner=40)
+    return transformers.GPT2LMHeadModel(cfg).eval()
+
+
+def bert_gelu(seed: int = 0):
+    """BERT with its own default activation, ``gelu`` (transformers' GELUActivation)."""
+    torch.manual_seed(seed)
+    cfg = transformers.BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=24, hidden_act="gelu", max_position_embeddings=32)
+    return transformers.BertModel(cfg).eval()
+
+
+def llama(seed: int = 0):
+    """LLaMA (a gated SiLU MLP)."""
+    torch.manual_seed(seed)
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=28, num_hidden_layers=2,
+                                   num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def padded_batch(n: int = 3, length: int = 10, vocab: int = 64, seed: int = 0, pads=(4, 0, 2), side: str = "left"):
+    """input_ids and an attention_mask with ``pads[i]`` padding positions on the left or right of row i."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, vocab, (n, length), generator=gen)
+    mask = torch.ones(n, length, dtype=torch.long)
+    for i, pad in enumerate(pads[:n]):
+        where = slice(0, pad) if side == "left" else slice(length - pad, length)
+        mask[i, where] = 0
+        ids[i, where] = 1
+    return {"input_ids": ids, "attention_mask": mask}

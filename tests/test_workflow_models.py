@@ -174,7 +174,7 @@ def hook_counts(model, module_type, call):
 def test_opt_padded_batch_reaches_the_model_with_its_attention_mask():
     model = hf.opt()
     batch = hf.token_batch()
-    report = pozfast.apoz(model, [batch], progress=False)
+    report = pozfast.apoz(model, [batch], progress=False, token_mask=None)  # every position, padding too
     expected = hook_counts(model, nn.ReLU, lambda: model(**batch))
     assert report.layers == list(expected) and len(expected) == 2
     for key, zeros in expected.items():
@@ -189,7 +189,7 @@ def test_bert_batch_encoding_evaluate_and_fine_tune_with_hf_outputs():
     enc = hf.transformers.BatchEncoding({**hf.token_batch(n=4, left_pad=(0, 3, 0, 5)),
                                          "token_type_ids": torch.zeros(4, 10, dtype=torch.long),
                                          "labels": torch.tensor([0, 1, 2, 1])})
-    report = pozfast.apoz(model, [enc], progress=False)
+    report = pozfast.apoz(model, [enc], progress=False, token_mask=None)  # every position, padding too
     expected = hook_counts(model, nn.ReLU, lambda: model(**{k: v for k, v in enc.items()}))
     assert report.layers == list(expected)
     assert all(torch.equal(report[k].zeros, v) for k, v in expected.items())
