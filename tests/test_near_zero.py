@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -400,6 +404,14 @@ def test_thresholds_zero_match_relu_count():
     y_ref, zeros = pozfast.relu_count(x)
     assert_bitwise_equal(y, y_ref)
     assert torch.equal(counts[0], zeros)
+
+
+def test_benchmark_runs_quickly():
+    root = Path(__file__).resolve().parents[1]
+    res = subprocess.run([sys.executable, "benchmarks/near_zero.py", "--quick", "--reps", "1"], cwd=root,
+                         capture_output=True, text=True, check=False)
+    assert res.returncode == 0, res.stderr
+    assert "pozfast.near_zero_counts" in res.stdout and "relu_count inplace" in res.stdout
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
