@@ -7,9 +7,11 @@
 // instruction set's registers. Thresholds are counted in groups of up to kGroup per pass, each vector of
 // elements compared with every threshold of the group in registers (one compare and one add per threshold
 // and vector): up to kGroup thresholds cost one pass over memory; more run further passes over a
-// cache-sized piece that the first pass left in L1. With ReLU, the first pass also writes relu(x).
+// cache-sized piece that the first pass left in L1. With ReLU, long rows are written and counted in one
+// pass, short rows a cached tile at a time (count_block_rows says why).
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "near_zero.h"
 #include "near_zero_elem.h"
@@ -30,9 +32,9 @@ constexpr int kVectorBytes = 16;
 #endif
 
 constexpr int kGroup = 8;
-// With more than kGroup thresholds, long rows are counted in pieces of this many bytes, and short rows in
-// column tiles of this many bytes per row, so that the passes after the first read from L1.
-constexpr int64_t kPieceBytes = int64_t(4) << 10;
+// With more than kGroup thresholds (or ReLU, for short rows), long rows are counted in pieces of this many
+// bytes, and short rows in column tiles of this many bytes per row, so that later passes read from L1.
+constexpr int64_t kPieceBytes = int64_t(2) << 10;
 // Otherwise pieces of at most this many elements, so that 32-bit counters hold any piece's counts.
 constexpr int64_t kMaxPiece = int64_t(1) << 30;
 // Rows counted together in position mode: one counter update per kRowsAtOnce elements.
@@ -58,12 +60,20 @@ struct Lanes {
     return v;
   }
   static void store(void* p, Keys v) { std::memcpy(p, &v, sizeof v); }
-  static Keys splat(Key k) { return Keys{} + k; }
-  // relu_elem.h's rule on bit patterns: x < 0 exactly when the sign is set and 0 < |x| <= inf, i.e. (as
-  // signed integers) -0.0 < bits <= -inf; those become +0.0, everything else (NaN, -0.0) passes through.
+  // key <= tau as one compare, tau + 1 > key (SSE and AVX2 have no integer <=); tau + 1 <= inf + 1 fits.
+  static Keys above(Key tau) { return Keys{} + static_cast<Key>(tau + 1); }
+  // relu_elem.h's rule, x < 0 ? 0 : x. float and double compare as floats (NaN and -0.0 pass); the 16-bit
+  // types on bit patterns: x < 0 exactly when the sign is set and 0 < |x| <= inf, i.e. (as signed
+  // integers) -0.0 < bits <= -inf.
   static Keys relu(Keys b) {
-    const Keys negative = (b > kSign) & (b <= static_cast<Key>(kSign | E::kInf));
-    return b & ~negative;
+    if constexpr (std::is_floating_point<typename E::Elem>::value) {
+      using Floats [[gnu::vector_size(kVectorBytes)]] = typename E::Elem;
+      const Floats f = (Floats)b;
+      return (Keys)(f < 0 ? Floats{} : f);
+    } else {
+      const Keys negative = (b > kSign) & (b <= static_cast<Key>(kSign | E::kInf));
+      return b & ~negative;
+    }
   }
   static Keys magnitude(Keys b) { return b & E::kMagnitude; }
 };
@@ -94,8 +104,8 @@ template <typename E, int K, bool kRelu>
 void count_span(const typename E::Elem* x, typename E::Elem* y, int64_t n, const typename E::Key* tau,
                 uint32_t* out) {
   using L = Lanes<E>;
-  typename L::Keys t[K];
-  for (int k = 0; k < K; ++k) t[k] = L::splat(tau[k]);
+  typename L::Keys above[K];
+  for (int k = 0; k < K; ++k) above[k] = L::above(tau[k]);
   int64_t i = 0;
   while (i + L::kWidth <= n) {
     typename L::Keys hits[K] = {};
@@ -107,7 +117,7 @@ void count_span(const typename E::Elem* x, typename E::Elem* y, int64_t n, const
         L::store(y + i, v);
       }
       v = L::magnitude(v);
-      for (int k = 0; k < K; ++k) hits[k] += (v <= t[k]);
+      for (int k = 0; k < K; ++k) hits[k] += (above[k] > v);
     }
     for (int k = 0; k < K; ++k)
       for (int l = 0; l < L::kWidth; ++l) out[k] -= uint32_t(int32_t(hits[k][l]));
@@ -121,46 +131,32 @@ void count_span(const typename E::Elem* x, typename E::Elem* y, int64_t n, const
 }
 
 // cnt[k * cnt_stride + j] += how many of the R rows x[r * row_stride + j], r < R, have key <= tau[k], for
-// j < n and k < K. kRelu as in count_span.
-template <typename E, int K, int R, bool kRelu>
-void count_positions(const typename E::Elem* x, typename E::Elem* y, int64_t row_stride, int64_t n,
-                     const typename E::Key* tau, uint32_t* cnt, int64_t cnt_stride) {
+// j < n and k < K.
+template <typename E, int K, int R>
+void count_positions(const typename E::Elem* x, int64_t row_stride, int64_t n, const typename E::Key* tau,
+                     uint32_t* cnt, int64_t cnt_stride) {
   using L = Lanes<E>;
-  typename L::Keys t[K];
-  for (int k = 0; k < K; ++k) t[k] = L::splat(tau[k]);
+  typename L::Keys above[K];
+  for (int k = 0; k < K; ++k) above[k] = L::above(tau[k]);
   int64_t j = 0;
   for (; j + L::kWidth <= n; j += L::kWidth) {
     typename L::Keys v[R];
-    for (int r = 0; r < R; ++r) {
-      v[r] = L::load(x + r * row_stride + j);
-      if (kRelu) {
-        v[r] = L::relu(v[r]);
-        L::store(y + r * row_stride + j, v[r]);
-      }
-      v[r] = L::magnitude(v[r]);
-    }
+    for (int r = 0; r < R; ++r) v[r] = L::magnitude(L::load(x + r * row_stride + j));
     for (int k = 0; k < K; ++k) {
-      typename L::Keys hits = (v[0] <= t[k]);
-      for (int r = 1; r < R; ++r) hits += (v[r] <= t[k]);
+      typename L::Keys hits = (above[k] > v[0]);
+      for (int r = 1; r < R; ++r) hits += (above[k] > v[r]);
       typename L::Counts c;
       std::memcpy(&c, cnt + k * cnt_stride + j, sizeof c);
       c -= __builtin_convertvector(hits, typename L::Counts);
       std::memcpy(cnt + k * cnt_stride + j, &c, sizeof c);
     }
   }
-  for (; j < n; ++j) {
-    typename E::Key key[R];
-    for (int r = 0; r < R; ++r) {
-      auto v = x[r * row_stride + j];
-      if (kRelu) y[r * row_stride + j] = v = E::relu(v);
-      key[r] = E::key(v);
-    }
+  for (; j < n; ++j)
     for (int k = 0; k < K; ++k) {
       uint32_t sum = 0;
-      for (int r = 0; r < R; ++r) sum += uint32_t(key[r] <= tau[k]);
+      for (int r = 0; r < R; ++r) sum += uint32_t(E::key(x[r * row_stride + j]) <= tau[k]);
       cnt[k * cnt_stride + j] += sum;
     }
-  }
 }
 
 // The kernels for groups of 1..kGroup thresholds, indexed by the group's size.
@@ -174,15 +170,14 @@ struct SpanGroups {
                                         count_span<E, 7, kRelu>, count_span<E, 8, kRelu>};
 };
 
-template <typename E, int R, bool kRelu>
+template <typename E, int R>
 struct PositionGroups {
-  using Fn = void (*)(const typename E::Elem*, typename E::Elem*, int64_t, int64_t, const typename E::Key*,
-                      uint32_t*, int64_t);
+  using Fn = void (*)(const typename E::Elem*, int64_t, int64_t, const typename E::Key*, uint32_t*, int64_t);
   static constexpr Fn fn[kGroup + 1] = {nullptr,
-                                        count_positions<E, 1, R, kRelu>, count_positions<E, 2, R, kRelu>,
-                                        count_positions<E, 3, R, kRelu>, count_positions<E, 4, R, kRelu>,
-                                        count_positions<E, 5, R, kRelu>, count_positions<E, 6, R, kRelu>,
-                                        count_positions<E, 7, R, kRelu>, count_positions<E, 8, R, kRelu>};
+                                        count_positions<E, 1, R>, count_positions<E, 2, R>,
+                                        count_positions<E, 3, R>, count_positions<E, 4, R>,
+                                        count_positions<E, 5, R>, count_positions<E, 6, R>,
+                                        count_positions<E, 7, R>, count_positions<E, 8, R>};
 };
 
 int group_size(int count, int g) { return count - g < kGroup ? count - g : kGroup; }
@@ -225,22 +220,24 @@ void rows(const NearZeroSlice& s) {
 }
 
 // R rows of n positions, starting at position `pos` of their blocks (row stride `block`), counted into
-// by_position[t * s.counter_stride + pos + j]. kRelu as in count_span; the groups after the first count the
-// cached y.
+// by_position[t * s.counter_stride + pos + j]. kRelu: relu(x) is written to y, a column tile of the R rows
+// at a time, and counted from the cache: loading and storing R rows of x and y in one loop touches 2 R
+// places whose addresses often agree modulo 4 KiB (blocks of 1024 floats and more), which the L1 cache
+// cannot hold at once.
 template <typename E, bool kRelu, int R>
 void count_block_rows(const NearZeroSlice& s, const typename E::Elem* x, typename E::Elem* y, int64_t pos,
                       int64_t n, const Thresholds<E>& th) {
   const int64_t block = s.channels * s.inner;
-  const int64_t tile = th.count > kGroup ? kPieceBytes / int64_t(sizeof(typename E::Elem)) : n;
+  const int64_t tile = kRelu || th.count > kGroup ? kPieceBytes / int64_t(sizeof(typename E::Elem)) : n;
   const typename E::Elem* counted = kRelu ? y : x;
   for (int64_t j = 0; j < n; j += tile) {
     const int64_t len = min64(tile, n - j);
-    uint32_t* cnt = s.by_position + pos + j;
-    PositionGroups<E, R, kRelu>::fn[group_size(th.count, 0)](x + j, y + j, block, len, th.key, cnt,
-                                                            s.counter_stride);
-    for (int g = kGroup; g < th.count; g += kGroup)
-      PositionGroups<E, R, false>::fn[group_size(th.count, g)](counted + j, nullptr, block, len, th.key + g,
-                                                              cnt + g * s.counter_stride, s.counter_stride);
+    if (kRelu)
+      for (int r = 0; r < R; ++r) relu_only<E>(x + r * block + j, y + r * block + j, len);
+    for (int g = 0; g < th.count; g += kGroup)
+      PositionGroups<E, R>::fn[group_size(th.count, g)](counted + j, block, len, th.key + g,
+                                                       s.by_position + g * s.counter_stride + pos + j,
+                                                       s.counter_stride);
   }
 }
 

@@ -23,10 +23,14 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ROW_MODE_MIN_INNER = 64
-MAX_GRID_X = 1 << 20  # programs of the row kernel; each loops over further chunks
+# Programs of the row kernel (each loops over further chunks) and row steps of the short-row kernel: small
+# under the interpreter, so that the tests walk those loops.
+MAX_GRID_X = 8 if INTERPRET else 1 << 20
+MAX_ROWS_PER_STEP = 8 if INTERPRET else 32
 MAX_GRID_Y = 65535
-# Elements of the [T_PAD, BLOCK_R, BLOCK_P] compare tile of the short-row kernel (register budget).
-SHORT_TILE = 8192
+# Elements of the [T_PAD, BLOCK_R, BLOCK_P] compare tile of the short-row kernel: a GPU's register budget;
+# the interpreter runs each tile as one numpy operation, so larger tiles cost it fewer steps.
+SHORT_TILE = 1 << 16 if INTERPRET else 8192
 
 
 @triton.jit
@@ -107,14 +111,15 @@ def _positions_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, outer, posit
 
 
 def _rows_per_step(args) -> int:
-    return max(2, min(32, SHORT_TILE // (args["T_PAD"] * args["BLOCK_P"])))
+    return max(2, min(MAX_ROWS_PER_STEP, SHORT_TILE // (args["T_PAD"] * args["BLOCK_P"])))
 
 
 # Hopper-class choices: wide blocks and 4-8 warps keep enough bytes in flight for HBM bandwidth.
 _ROWS_CONFIGS = [triton.Config({"BLOCK": b}, num_warps=w) for b in (1024, 2048, 4096) for w in (4, 8)]
 _POSITIONS_CONFIGS = [triton.Config({"BLOCK_P": p}, num_warps=w) for p in (64, 128, 256) for w in (4, 8)]
 # Under the interpreter a fixed choice replaces tuning, which would only cost time.
-_INTERPRET_META = {"rows": {"BLOCK": 256}, "positions": {"BLOCK_P": 32}}
+_INTERPRET_ROWS_BLOCK = 1024
+_INTERPRET_MAX_BLOCK_P = 2048
 
 _positions_with_rows = triton.heuristics({"BLOCK_R": _rows_per_step})(_positions_kernel)
 if INTERPRET:
@@ -151,14 +156,15 @@ def near_zero_count(x: torch.Tensor, y: torch.Tensor | None, counts: torch.Tenso
     y_arg = y if y is not None else x  # never written without RELU
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
         if inner >= ROW_MODE_MIN_INNER:
-            meta.update(_INTERPRET_META["rows"] if INTERPRET else {})
+            meta.update({"BLOCK": _INTERPRET_ROWS_BLOCK} if INTERPRET else {})
             rows = outer * channels
             grid = lambda m: (min(rows * triton.cdiv(inner, m["BLOCK"]), MAX_GRID_X),)  # noqa: E731
             _rows[grid](x, y_arg, counts, key_tensor, mask_arg, rows, inner, channels, repeat,
                         triton.next_power_of_2(inner), **meta)
         else:
             positions = channels * inner
-            meta.update(_INTERPRET_META["positions"] if INTERPRET else {})
+            if INTERPRET:
+                meta["BLOCK_P"] = max(16, min(_INTERPRET_MAX_BLOCK_P, triton.next_power_of_2(positions)))
             programs = _programs(x.device)
 
             def grid(m):

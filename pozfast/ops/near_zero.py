@@ -158,10 +158,10 @@ def _layout(t: Tensor, axis: int, mask: Optional[Tensor]) -> tuple[tuple[int, in
 
 def _mask_rows(mask: Tensor, device: torch.device) -> Tensor:
     """The mask as one byte per entry (0 or 1), flat and contiguous, on ``device``."""
-    keep = mask.to(device, non_blocking=True)
+    keep = mask.to(device)
     if keep.dtype != torch.bool:
         keep = keep != 0
-    return keep.reshape(-1).view(torch.uint8)
+    return keep.reshape(-1).contiguous().view(torch.uint8)
 
 
 # --- the counting core: read-only (y None) or fused with relu (y written) --------------------------
