@@ -13,6 +13,7 @@
 
 #include "near_zero.h"
 #include "near_zero_elem.h"
+#include "relu_cuda.h"
 
 namespace pozfast {
 namespace {
@@ -228,11 +229,12 @@ int near_zero_count_cuda(const NearZeroArgs& a, void* stream_handle) {
     return static_cast<int>(cudaErrorInvalidValue);
   if (a.outer * a.channels * a.inner == 0) return 0;
   auto stream = static_cast<cudaStream_t>(stream_handle);
+  // A fused ReLU follows torch's CUDA relu (relu_cuda.h); the keys are those of near_zero_elem.h.
   switch (a.dtype) {
-    case DType::Float32: return launch_any<NearZeroF32>(a, stream);
-    case DType::Float64: return launch_any<NearZeroF64>(a, stream);
-    case DType::Float16: return launch_any<NearZeroF16>(a, stream);
-    case DType::BFloat16: return launch_any<NearZeroBF16>(a, stream);
+    case DType::Float32: return launch_any<NearZeroElem<CudaReluF32, int32_t, 0x7f800000u>>(a, stream);
+    case DType::Float64: return launch_any<NearZeroElem<CudaReluF64, int64_t, 0x7ff0000000000000u>>(a, stream);
+    case DType::Float16: return launch_any<NearZeroElem<CudaReluF16, int16_t, 0x7c00u>>(a, stream);
+    case DType::BFloat16: return launch_any<NearZeroElem<CudaReluBF16, int16_t, 0x7f80u>>(a, stream);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

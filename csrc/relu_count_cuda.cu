@@ -2,52 +2,16 @@
 // buffers are aligned; each block reduces its partial counts (in registers, then across the block) and
 // issues one atomic per channel or position it touched. x and y may be one buffer (in place), so the
 // pointers carry no __restrict__. Launched on the caller's stream.
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "relu_count.h"
+#include "relu_cuda.h"
 
 namespace pozfast {
 namespace {
 
-// torch.relu on CUDA is clamp_min: NaN as it is, else ::max(v, 0) computed in float (the 16-bit types through
-// float). The same max instruction here gives the same bits, the sign of a zero included, which the CPU's
-// `x < 0 ? 0 : x` (relu_elem.h) need not: CUDA follows torch's CUDA code, the CPU torch's CPU code.
-template <typename T>
-struct CudaReluFloat {
-  using Elem = T;
-  static __device__ __forceinline__ T relu(T x) { return isnan(x) ? x : ::max(x, T(0)); }
-  static __device__ __forceinline__ bool is_zero(T y) { return y == T(0); }
-};
-
-template <typename H, float (*ToFloat)(H), H (*FromFloat)(float)>
-struct CudaReluHalf {
-  using Elem = uint16_t;
-  static __device__ __forceinline__ uint16_t relu(uint16_t b) {
-    H h;
-    memcpy(&h, &b, sizeof b);
-    const float f = ToFloat(h);
-    if (isnan(f)) return b;
-    const H r = FromFloat(::max(f, 0.f));
-    uint16_t out;
-    memcpy(&out, &r, sizeof out);
-    return out;
-  }
-  static __device__ __forceinline__ bool is_zero(uint16_t y) { return (y & 0x7fffu) == 0; }
-};
-
-__device__ __forceinline__ float half_to_float(__half h) { return __half2float(h); }
-__device__ __forceinline__ __half float_to_half(float f) { return __float2half_rn(f); }
-__device__ __forceinline__ float bf16_to_float(__nv_bfloat16 h) { return __bfloat162float(h); }
-__device__ __forceinline__ __nv_bfloat16 float_to_bf16(float f) { return __float2bfloat16_rn(f); }
-
-using ReluF32 = CudaReluFloat<float>;
-using ReluF64 = CudaReluFloat<double>;
-using ReluF16 = CudaReluHalf<__half, half_to_float, float_to_half>;
-using ReluBF16 = CudaReluHalf<__nv_bfloat16, bf16_to_float, float_to_bf16>;
 
 constexpr int kThreads = 256;
 constexpr int64_t kRowModeMinInner = 64;
@@ -248,10 +212,10 @@ int relu_count_cuda(const void* x, void* y, int64_t* counts, int64_t outer, int6
                     int64_t inner, DType dtype, void* stream_handle) {
   auto stream = static_cast<cudaStream_t>(stream_handle);
   switch (dtype) {
-    case DType::Float32: return launch<ReluF32>(x, y, counts, outer, channels, inner, stream);
-    case DType::Float64: return launch<ReluF64>(x, y, counts, outer, channels, inner, stream);
-    case DType::Float16: return launch<ReluF16>(x, y, counts, outer, channels, inner, stream);
-    case DType::BFloat16: return launch<ReluBF16>(x, y, counts, outer, channels, inner, stream);
+    case DType::Float32: return launch<CudaReluF32>(x, y, counts, outer, channels, inner, stream);
+    case DType::Float64: return launch<CudaReluF64>(x, y, counts, outer, channels, inner, stream);
+    case DType::Float16: return launch<CudaReluF16>(x, y, counts, outer, channels, inner, stream);
+    case DType::BFloat16: return launch<CudaReluBF16>(x, y, counts, outer, channels, inner, stream);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }
@@ -268,7 +232,7 @@ int cuda_kernel_image(int device) {
   if (err == cudaSuccess) err = cudaSetDevice(device);
   if (err != cudaSuccess) return static_cast<int>(err);
   cudaFuncAttributes attributes;
-  err = cudaFuncGetAttributes(&attributes, relu_count_rows<ReluF32, true>);
+  err = cudaFuncGetAttributes(&attributes, relu_count_rows<CudaReluF32, true>);
   cudaSetDevice(previous);
   return static_cast<int>(err);
 }

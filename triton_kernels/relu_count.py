@@ -21,7 +21,7 @@ ROW_MODE_MIN_INNER = 64
 
 
 @triton.jit
-def _relu(x, UPCAST: tl.constexpr, ON_GPU: tl.constexpr):
+def device_relu(x, UPCAST: tl.constexpr, ON_GPU: tl.constexpr):
     """torch.relu as the tensor's device computes it. On CUDA torch runs clamp_min: NaN as it is, else max(x, 0)
     (in float32 for 16-bit types); the same max instruction here gives the sign of a zero that torch gives.
     Interpreted on CPU tensors: the CPU's ``x < 0 ? 0 : x`` (-0.0 passes through). Compared in float32 for
@@ -46,7 +46,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, inner, channels, size_key, BLOCK: tl.
         offs = start + tl.arange(0, BLOCK)
         mask = offs < inner
         x = tl.load(x_ptr + base + offs, mask=mask, other=1.0)
-        y, zero = _relu(x, UPCAST, ON_GPU)
+        y, zero = device_relu(x, UPCAST, ON_GPU)
         tl.store(y_ptr + base + offs, y, mask=mask)
         zeros += (zero & mask).to(tl.int32)
     tl.atomic_add(counts_ptr + row % channels, tl.sum(zeros.to(tl.int64), axis=0))
@@ -66,7 +66,7 @@ def _positions_kernel(x_ptr, y_ptr, counts_ptr, outer, positions, inner, size_ke
         mask = (rows < outer)[:, None] & col_ok[None, :]
         ptr = rows.to(tl.int64)[:, None] * positions + cols[None, :]
         x = tl.load(x_ptr + ptr, mask=mask, other=1.0)
-        y, zero = _relu(x, UPCAST, ON_GPU)
+        y, zero = device_relu(x, UPCAST, ON_GPU)
         tl.store(y_ptr + ptr, y, mask=mask)
         zeros += tl.sum((zero & mask).to(tl.int32), axis=0)
     tl.atomic_add(counts_ptr + cols // inner, zeros.to(tl.int64), mask=col_ok & (zeros > 0))
