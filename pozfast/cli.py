@@ -176,7 +176,7 @@ def cmd_rdm(args: argparse.Namespace) -> int:
     out = output_folder(args.out)
     progress = not args.no_progress
     X, given_rdm = load_input(args.features, args.kind, "--kind")
-    if X is None and args.method is not None:
+    if X is None and args.method is not None and not args.compare:
         raise CLIError(f"--method computes an RDM from features, but {args.features} is an RDM")
     rdm_path = None
     if args.compare:
