@@ -88,7 +88,7 @@ def main(argv=None) -> str:
     for n in (2000 // scale, 8000 // scale):
         x = torch.randn(n, 4096 // scale, generator=gen)
         io = (x.numel() * 4 + n * (n - 1) // 2 * 4) / MiB
-        t_ours, p_ours, _ = measure(lambda: pozfast.rdm(x), args.reps)
+        t_ours, p_ours, _ = measure(lambda: pozfast.rdm(x, dtype=torch.float32), args.reps)
         t_torch, p_torch, _ = measure(lambda: torch_square_rdm(x), args.reps)
         task = f"RDM N={n} D={x.shape[1]} f32"
         row(task, "torch square (baseline)", t_torch, p_torch, t_torch)
@@ -113,7 +113,7 @@ def main(argv=None) -> str:
     n, d = 4000 // scale, 2048 // scale
     x = torch.relu(torch.randn(n, d, generator=gen) - 0.5)
     poz = (x == 0).float().mean(0)
-    t_rdm, _, _ = measure(lambda: pozfast.rdm(x), args.reps)
+    t_rdm, _, _ = measure(lambda: pozfast.rdm(x, dtype=torch.float32), args.reps)
     t_curve, p_curve, curve = measure(lambda: pozfast.insertion_curve(x, poz, steps=50), args.reps)
     t_naive, p_naive, naive = measure(lambda: naive_curve(x, poz, 50), 1)
     err = max(abs(a - b) for a, b in zip(curve.values, naive))

@@ -118,39 +118,143 @@ def load_array(path: str):
     return obj
 
 
+_RDM_FILES = (".h5", ".hdf5", ".npz")
+
+
+def load_input(path: str, kind: str, option: str):
+    """What a ``pozfast rdm`` input file holds: (features, None) or (None, RDM). Saved RDM files (.h5, .hdf5,
+    .npz, read by :func:`pozfast.load_rdm`) are RDMs; a .npy or .pt array is one as ``kind`` says, or, for
+    ``"auto"``, an RDM when 1-D or square symmetric with a zero diagonal, features otherwise."""
+    from pozfast.interop import looks_like_similarity_matrix
+    from pozfast.similarity import _is_rdm_like
+
+    if Path(path).suffix in _RDM_FILES:
+        if kind == "features":
+            raise CLIError(f"{path} is a saved RDM file, but {option} features was given")
+        import pozfast
+
+        if not Path(path).is_file():
+            raise CLIError(f"no file {path}")
+        return None, pozfast.load_rdm(path)
+    array = load_array(path)
+    if kind == "auto":
+        if looks_like_similarity_matrix(array):
+            raise CLIError(f"{path} is a square symmetric matrix with a unit diagonal: a similarity matrix; pass "
+                           f"{option} similarity to use it as one (1 - s), or {option} features if its rows are "
+                           f"features")
+        kind = "rdm" if _is_rdm_like(array, array.shape[0] if array.dim() else 0) else "features"
+    if kind == "features":
+        return array, None
+    return None, (1 - array if kind == "similarity" else array)
+
+
+def _rdm_option_errors(args: argparse.Namespace) -> None:
+    """Options that the chosen mode would ignore are errors."""
+    mode = "--compare" if args.compare else "--curve" if args.curve else None
+    for given, option, needs in [(args.reference, "--reference", "--curve"), (args.order, "--order", "--curve"),
+                                 (args.steps, "--steps", "--curve"), (args.y_kind, "--y-kind", "--compare"),
+                                 (args.labels, "--labels", "--plot")]:
+        if given is not None and not (mode == needs or (needs == "--plot" and args.plot)):
+            raise CLIError(f"{option} needs {needs}; without it {option} would be ignored")
+    if args.compare_method is not None and mode is None:
+        raise CLIError("--compare-method needs --compare or --curve; without them it would be ignored")
+    if mode == "--curve" and args.method is not None:
+        raise CLIError("--method does not apply to --curve (insertion curves use correlation RDMs)")
+    if mode == "--curve" and args.plot:
+        raise CLIError("--plot does not apply to --curve (curve.png is always written)")
+
+
 def cmd_rdm(args: argparse.Namespace) -> int:
     import pozfast
     from pozfast._io import atomic_write_text, json_text
 
     if args.compare and args.curve:
         raise CLIError("give --compare or --curve, not both")
+    _rdm_option_errors(args)
+    method = _method(args.method or "correlation", "rdm", "--method")
+    compare_method = _method(args.compare_method or ("r2" if args.curve else "pearson"), "compare",
+                             "--compare-method")
     out = output_folder(args.out)
-    X = load_array(args.features)
+    progress = not args.no_progress
+    X, given_rdm = load_input(args.features, args.kind, "--kind")
+    if X is None and args.method is not None and not args.compare:
+        raise CLIError(f"--method computes an RDM from features, but {args.features} is an RDM")
+    rdm_path = None
     if args.compare:
-        result = pozfast.rdm_similarity(X, load_array(args.compare), args.method or "pearson", y_kind=args.y_kind,
-                                        progress=not args.no_progress)
-        numbers = {"method": result.method, "value": result.value, "n_pairs": result.n_pairs, "path": result.path}
+        Y, other_rdm = load_input(args.compare, args.y_kind or "auto", "--y-kind")
+        if given_rdm is not None and other_rdm is not None and args.method is not None:
+            raise CLIError("--method computes RDMs from features, but both inputs are RDMs")
+        if X is not None and method == "correlation" and compare_method in ("pearson", "r2"):
+            # Pearson of correlation RDMs streams without an N x N matrix
+            result = pozfast.rdm_similarity(X, Y if Y is not None else other_rdm, compare_method,
+                                            y_kind="features" if Y is not None else "rdm", progress=progress)
+        else:
+            a = given_rdm if X is None else pozfast.rdm(X, method=method, progress=progress)
+            b = other_rdm if Y is None else pozfast.rdm(Y, method=method, progress=progress)
+            result = pozfast.compare_rdms(a, b, compare_method)
+        if not isinstance(result, pozfast.Comparison):
+            raise CLIError(f"--compare compares one RDM with one RDM; the inputs hold sets (values {result.shape})")
+        numbers = {"method": result.method, "value": result.value, "n_pairs": result.n_pairs, "path": result.path,
+                   "dissimilarity": method}
         print(f"{result.method} between the RDMs: {result.value:.6f} over {result.n_pairs} pairs ({result.path} path)")
     elif args.curve:
+        if X is None:
+            raise CLIError(f"--curve inserts features, but {args.features} is an RDM")
         poz = load_array(args.curve)
-        reference = load_array(args.reference) if args.reference else None
-        orders = ["low_to_high", "high_to_low"] if args.order == "both" else [args.order]
-        curves = [pozfast.insertion_curve(X, poz, order=o, steps=args.steps, reference=reference,
-                                          method=args.method or "r2", progress=not args.no_progress) for o in orders]
+        reference = load_input(args.reference, "rdm", "--reference")[1] if args.reference else None
+        order = args.order or "both"
+        orders = ["low_to_high", "high_to_low"] if order == "both" else [order]
+        curves = [pozfast.insertion_curve(X, poz, order=o, steps=50 if args.steps is None else args.steps,
+                                          reference=reference, method=compare_method, progress=progress)
+                  for o in orders]
         curves[0].plot(out / "curve.png", others=curves[1:])
         numbers = {c.order: c.to_dict() for c in curves}
         for c in curves:
             print(f"{c.order}: {c.method} at 25/50/100 % of features = "
                   f"{c.value_at(0.25):.4f} / {c.value_at(0.5):.4f} / {c.values[-1]:.4f}")
         print(f"wrote {out / 'curve.png'}")
-    else:
-        path = pozfast.rdm(X, out=str(out / "rdm.npy"), progress=not args.no_progress)
+    elif X is not None:
+        rdm_path = pozfast.rdm(X, method=method, out=str(out / "rdm.npy"), progress=progress)
         n = X.shape[0]
-        numbers = {"n_items": n, "n_pairs": n * (n - 1) // 2, "rdm": str(path), "order": "scipy squareform (condensed)"}
-        print(f"wrote the condensed RDM of {n} items ({n * (n - 1) // 2} pairs) to {path}")
+        numbers = {"n_items": n, "n_pairs": n * (n - 1) // 2, "rdm": str(rdm_path), "method": method,
+                   "order": "scipy squareform (condensed)"}
+        print(f"wrote the condensed {method} RDM of {n} items ({n * (n - 1) // 2} pairs) to {rdm_path}")
+    elif not args.plot:
+        raise CLIError(f"{args.features} is an RDM: give --compare, or --plot for its heat map")
+    else:
+        numbers = {}
+    if args.plot:
+        import numpy as np
+
+        shown = given_rdm if X is None else (np.load(rdm_path, mmap_mode="r") if rdm_path is not None
+                                            else pozfast.rdm(X, method=method, progress=progress))
+        labels = _read_labels(args.labels) if args.labels else None
+        pozfast.plot_rdm(shown, labels=labels, path=out / "rdm.png", title=None if X is None else method)
+        numbers["plot"] = str(out / "rdm.png")
+        print(f"wrote {out / 'rdm.png'}")
     atomic_write_text(out / "result.json", json_text(numbers))
     print(f"numbers in {out / 'result.json'}")
     return 0
+
+
+def _method(name: str, kind: str, option: str) -> str:
+    from pozfast.interop import canonical_method
+
+    try:
+        return canonical_method(name, kind)
+    except ValueError as exc:
+        raise CLIError(f"{option}: {exc}") from None
+
+
+def _read_labels(path: str) -> list[str]:
+    """Condition labels, one per line (blank lines at the end ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise CLIError(f"no file {p}")
+    try:
+        return p.read_text(encoding="utf-8").rstrip("\n").split("\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read the labels in {p}: {exc}") from None
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -250,24 +354,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apoz)
 
     r = sub.add_parser(
-        "rdm", help="Pearson RDMs, RDM comparison and PoZ insertion curves from saved features",
-        description="Compute the Pearson RDM (1 - r between rows) of a features file, compare it with another "
-                    "RDM without materialising either (--compare), or compute PoZ-ordered feature insertion "
-                    "curves (--curve). Inputs are .npy or .pt files; numbers go to result.json, plots to PNG.",
-        epilog="examples:\n  pozfast rdm acts.npy --out runs/rdm\n"
-               "  pozfast rdm acts.npy --compare human_rdm.npy --method r2\n"
+        "rdm", help="RDMs, RDM comparison, heat maps and PoZ insertion curves from saved features or RDMs",
+        description="Compute the RDM (dissimilarities between rows: correlation, euclidean, sqeuclidean or "
+                    "cosine) of a features file, compare it or a saved RDM with other features or another RDM "
+                    "(--compare; Pearson of correlation RDMs streams without an N x N matrix), draw its heat map "
+                    "(--plot), or compute PoZ-ordered feature insertion curves (--curve). Features are .npy or "
+                    ".pt files; RDMs are .npy/.pt (condensed or square) or saved RDM files (.h5, .npz). Numbers "
+                    "go to result.json, plots to PNG. Exit status 2: the command or its inputs are wrong; 1: a "
+                    "failure while running.",
+        epilog="examples:\n  pozfast rdm acts.npy --out runs/rdm --method cosine --plot --labels names.txt\n"
+               "  pozfast rdm acts.npy --compare human_rdm.npy --compare-method spearman\n"
+               "  pozfast rdm model_rdm.h5 --compare human_rdm.npz --compare-method tau-a\n"
                "  pozfast rdm acts.npy --curve poz.npy --order both --steps 50",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("features", metavar="FEATURES", help="(N, D) features, .npy or .pt")
+    r.add_argument("features", metavar="INPUT", help="(N, D) features (.npy or .pt), or an RDM (.npy/.pt condensed "
+                                                     "or square, .h5/.npz saved RDM)")
+    r.add_argument("--kind", default="auto", choices=["auto", "features", "rdm", "similarity"],
+                   help="what INPUT holds (default: auto, from its file type and shape)")
     r.add_argument("--out", default="pozfast-rdm", metavar="DIR", help="output folder (default: %(default)s)")
-    r.add_argument("--compare", metavar="FILE", help="features (N, D2) or an RDM (condensed or square) to compare with")
-    r.add_argument("--y-kind", default="auto", choices=["auto", "features", "rdm"], help="what --compare holds")
+    r.add_argument("--method", metavar="NAME",
+                   help="dissimilarity of RDMs computed from features: correlation (default), euclidean, "
+                        "sqeuclidean, cosine (rsatoolbox names accepted)")
+    r.add_argument("--compare", metavar="FILE", help="features (N, D2) or an RDM to compare INPUT's RDM with")
+    r.add_argument("--y-kind", choices=["auto", "features", "rdm", "similarity"], help="what --compare holds")
+    r.add_argument("--compare-method", metavar="NAME",
+                   help="pearson, r2, spearman, kendall_tau_a, cosine (rsatoolbox names accepted); default: "
+                        "pearson for --compare, r2 for --curve (--curve: pearson, r2 or spearman)")
+    r.add_argument("--plot", action="store_true", help="write the heat map of INPUT's RDM to rdm.png")
+    r.add_argument("--labels", metavar="FILE", help="condition labels for --plot, one per line")
     r.add_argument("--curve", metavar="POZ", help="per-feature PoZ [D]: compute insertion curves")
-    r.add_argument("--order", default="both", choices=["both", "low_to_high", "high_to_low"])
-    r.add_argument("--steps", type=int, default=50)
+    r.add_argument("--order", choices=["both", "low_to_high", "high_to_low"], help="--curve order (default: both)")
+    r.add_argument("--steps", type=int, help="--curve steps (default: 50)")
     r.add_argument("--reference", metavar="FILE", help="reference RDM for --curve (default: the full-feature RDM)")
-    r.add_argument("--method", choices=["pearson", "r2", "spearman"],
-                   help="comparison (default: pearson for --compare, r2 for --curve; spearman only for --curve)")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_rdm)
 
@@ -320,15 +438,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+USAGE_ERROR, FAILURE = 2, 1
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; errors in its input are one ``error:`` line and exit status 2 (as argparse's)."""
+    """Run the command. Its errors are one ``error:`` line: exit status 2 when the command line or its inputs
+    are wrong (as argparse's), 1 when something fails while running (a file that cannot be written, a
+    missing optional library, a runtime error)."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (CLIError, ValueError, KeyError, TypeError, IndexError, OSError) as exc:
+    except (CLIError, ValueError, KeyError, TypeError, IndexError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc  # KeyError quotes its text
         print(f"error: {message}", file=sys.stderr)
-        return 2
+        return USAGE_ERROR
+    except (OSError, RuntimeError, MemoryError, ImportError) as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return FAILURE
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pozfast.rows import as_condensed, n_items
-
-METHODS = ("pearson", "r2", "spearman", "kendall_tau_a", "cosine")
+from pozfast.interop import COMPARE_METHODS as METHODS
+from pozfast.interop import as_rdm_set, canonical_method, values_out
+from pozfast.rows import n_items
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,23 +57,45 @@ def _tau_a(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def compare_rdms(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "dissimilarity",
-                 b_kind: str = "dissimilarity") -> Comparison:
-    """Compare two RDMs over their upper triangles, skipping pairs that are NaN in either.
+                 b_kind: str = "dissimilarity", dtype: Any = None) -> Any:
+    """Compare two RDMs (or two sets of RDMs) over their upper triangles, skipping pairs NaN in either.
 
     Args:
-        a, b: condensed vectors or square (symmetric) matrices, tensors or numpy arrays, same N; NaN marks
-            a missing pair (skipped), inf is an error.
-        method: ``"pearson"``; ``"r2"`` (the squared Pearson correlation); ``"spearman"`` (Pearson of ranks,
-            ties averaged, as scipy.stats.spearmanr: the second-order isomorphism measure); ``"kendall_tau_a"``
-            (tau-a: (concordant - discordant) / all pairs, as rsatoolbox's 'tau-a'); ``"cosine"`` (cosine of
-            the two dissimilarity vectors, as rsatoolbox's 'cosine').
-        a_kind, b_kind: ``"dissimilarity"`` or ``"similarity"`` (turned into ``1 - s``).
+        a, b: one RDM each (a condensed vector (P,) or (1, P), or a square symmetric matrix; numpy, torch,
+            DataFrame, a one-RDM :class:`pozfast.StoredRDMs`), or sets of RDMs ((S, P) or (S, N, N) stacks,
+            lists, rsatoolbox ``RDMs`` objects); same N. NaN marks a missing pair (skipped), inf is an error.
+        method: ``"pearson"`` (rsatoolbox ``"corr"``); ``"r2"`` (the squared Pearson correlation);
+            ``"spearman"`` (Pearson of ranks, ties averaged, as scipy.stats.spearmanr: the second-order
+            isomorphism measure); ``"kendall_tau_a"`` (rsatoolbox ``"tau-a"``: (concordant - discordant) /
+            all pairs); ``"cosine"`` (cosine of the two dissimilarity vectors, as rsatoolbox's).
+        a_kind, b_kind: ``"dissimilarity"`` or ``"similarity"`` (turned into ``1 - s``). A square matrix with
+            a unit diagonal given as dissimilarities is an error: it is a similarity matrix.
+        dtype: floating dtype of a set comparison's matrix (default float64).
+    Returns:
+        For two single RDMs, a :class:`Comparison`. When either is a set (rsatoolbox ``RDMs`` always are),
+        the (n_a, n_b) matrix of values, as ``rsatoolbox.rdm.compare``: in a's form (torch on its device,
+        else numpy), NaN pairs skipped per pair of RDMs.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    x, y = as_condensed(a, "a", a_kind), as_condensed(b, "b", b_kind)
-    if x.numel() != y.numel():
-        raise ValueError(f"a and b are RDMs of different N: {n_items(x.numel())} vs {n_items(y.numel())} items")
+    method = canonical_method(method, "compare")
+    A, fa = as_rdm_set(a, "a", kind=a_kind, kind_arg="a_kind")
+    B, fb = as_rdm_set(b, "b", kind=b_kind, kind_arg="b_kind")
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"a and b are RDMs of different N: {n_items(A.shape[1])} vs {n_items(B.shape[1])} items")
+    if not (fa.is_set or fb.is_set):
+        return _compare_pair(A[0], B[0], method)
+    return values_out(_compare_sets(A, B, method), fa, dtype=dtype)
+
+
+def _compare_sets(A: Tensor, B: Tensor, method: str) -> Tensor:
+    """(n_A, n_B) float64 values for every pair of condensed RDMs (A: (n_A, P), B: (n_B, P)).
+
+    A loop over pairs of the single-pair comparison; to be replaced by ``pozfast.rdm_sets.compare_rdm_sets``,
+    which ranks each RDM once."""
+    return torch.tensor([[_compare_pair(x, y, method).value for y in B] for x in A], dtype=torch.float64)
+
+
+def _compare_pair(x: Tensor, y: Tensor, method: str) -> Comparison:
+    """One comparison of two condensed float64 RDMs of the same length."""
     y = y.to(x.device if x.is_cuda else y.device)  # one device: a GPU's, when either RDM is there
     x = x.to(y.device)
     keep = ~(torch.isnan(x) | torch.isnan(y))

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor
 
 from pozfast.comparison import compare_rdms, pearson_from_moments
+from pozfast.interop import as_rdm_set, one_feature_matrix
 from pozfast.ops import rdm_tiles
 from pozfast.plotting import pyplot, save_figure
 from pozfast.rdms import rdm
-from pozfast.rows import (ZeroVarianceWarning, as_condensed, as_features, as_tensor, compute_dtype, constant,
-                          n_items, row_chunks, row_stats)
+from pozfast.rows import ZeroVarianceWarning, as_tensor, compute_dtype, constant, n_items, row_chunks, row_stats
 from pozfast.validate import optional_positive_int, positive_int
 
 
@@ -92,13 +92,15 @@ def insertion_curve(X: Any, poz: Any, *, order: str = "low_to_high", steps: int 
     """Insert features in PoZ order and compare each partial-feature RDM with a reference RDM.
 
     Args:
-        X: (N, D) features, finite (e.g. a layer's activations over N items).
+        X: (N, D) features, finite (e.g. a layer's activations over N items): numpy, torch, DataFrame or an
+            rsatoolbox Dataset.
         poz: per-feature PoZ, finite, [D] (an array, or a LayerAPoZ from an APoZ report).
         order: ``"low_to_high"`` or ``"high_to_low"`` PoZ (ties keep feature order). A removal curve
             ("remove high to low PoZ") is the insertion curve ``low_to_high`` read from the end.
         steps: number of steps, a positive int; step s holds round(s * D / steps) features.
-        reference: an RDM of the same N items (condensed or square; NaN pairs skipped, inf is an error),
-            e.g. human similarity judgments; default the full-feature RDM of X.
+        reference: an RDM of the same N items (condensed or square dissimilarities, a one-RDM rsatoolbox
+            ``RDMs`` or :class:`pozfast.StoredRDMs`; NaN pairs skipped, inf is an error), e.g. human
+            similarity judgments; default the full-feature RDM of X.
         method: ``"r2"`` (squared Pearson of the upper triangles), ``"pearson"`` or ``"spearman"``.
         block: tile size of the Pearson curves, a positive int (default 1024).
     The Pearson-based curves keep a running Gram block, row sums and squared sums per tile, and a native
@@ -112,14 +114,17 @@ def insertion_curve(X: Any, poz: Any, *, order: str = "low_to_high", steps: int 
         raise ValueError(f"method must be 'r2', 'pearson' or 'spearman', got {method!r}")
     steps = positive_int(steps, "steps")
     block = optional_positive_int(block, "block")
-    X = as_features(X)
+    X = one_feature_matrix(X, "X")
     n, d = X.shape
     p = _poz_vector(poz, d)
     perm = torch.from_numpy(np.argsort(p if order == "low_to_high" else -p, kind="stable"))
     counts = _step_counts(d, steps)
     ref = None
     if reference is not None:
-        ref = as_condensed(reference, "reference")
+        refs, _ = as_rdm_set(reference, "reference")
+        if refs.shape[0] != 1:
+            raise ValueError(f"reference holds {refs.shape[0]} RDMs; an insertion curve compares with one")
+        ref = refs[0]
         if n_items(ref.numel(), "reference") != n:
             raise ValueError(f"X has {n} items but the reference RDM has {n_items(ref.numel(), 'reference')}")
     ref_name = "given RDM" if ref is not None else "full-feature RDM"

@@ -213,6 +213,14 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
     return mats, form
 
 
+def one_feature_matrix(X: Any, name: str = "X") -> Tensor:
+    """One (N, D) feature matrix in any form :func:`as_feature_set` takes, but not a set."""
+    mats, form = as_feature_set(X, name)
+    if form.is_set:
+        raise ValueError(f"{name} must be one (N, D) feature matrix, got a set of {len(mats)}")
+    return mats[0]
+
+
 def _members(X: Any) -> list | None:
     """The members of a list or tuple of matrices or Datasets; None for anything else (a nested list of
     numbers is one array)."""

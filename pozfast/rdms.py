@@ -1,8 +1,10 @@
-"""Pearson RDMs ``1 - r`` between the rows of a feature matrix, blockwise over the upper triangle:
-condensed, square, or written to a memory-mapped ``.npy`` file."""
+"""RDMs between the rows of feature matrices (correlation, Euclidean, squared Euclidean or cosine
+dissimilarities), blockwise over the upper triangle: condensed, square, or written to a memory-mapped
+``.npy`` file; one matrix or a set, in the caller's form."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -11,60 +13,101 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pozfast._io import atomic_path
+from pozfast.interop import as_feature_set, canonical_method, rdms_out, result_dtype
 from pozfast.ops import rdm_tiles
-from pozfast.rows import RowStats, as_features, compute_dtype, condensed_length, default_block, row_stats
+from pozfast.rows import (RowStats, SquaredNorms, compute_dtype, condensed_length, default_block, row_stats,
+                          squared_norms)
 from pozfast.validate import optional_positive_int
 
 
-def rdm(X: Any, *, out: str | os.PathLike = "condensed", block: int | None = None,
-        device: str | torch.device | None = None, progress: bool = False) -> Tensor | Path:
-    """Pearson RDM ``1 - r`` between the rows of X, computed blockwise over the upper triangle.
+def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "condensed", block: int | None = None,
+        device: str | torch.device | None = None, progress: bool = False, descriptor: str | None = None,
+        dtype: Any = None) -> Any:
+    """RDM of the rows (items) of X, computed blockwise over the upper triangle with one GEMM per tile.
 
     Args:
-        X: (N, D) float tensor or numpy array, finite.
+        X: (N, D) features, finite: a numpy array, torch tensor, DataFrame or nested list, an rsatoolbox
+            ``Dataset``; or a set: an (S, N, D) stack or a list of matrices / Datasets with the same N items.
+        method: the dissimilarity (scipy ``pdist`` names; rsatoolbox's names as aliases):
+            ``"correlation"`` (``1 - pearson``, the default), ``"euclidean"``, ``"sqeuclidean"`` (squared
+            Euclidean) or ``"cosine"`` (``1 - x.y / (|x| |y|)``). Note that rsatoolbox's ``calc_rdm``
+            ``"euclidean"`` is the squared distance over D: ``rdm(X, method="sqeuclidean") / D``.
         out: ``"condensed"`` (N(N-1)/2 entries, scipy squareform order), ``"square"`` (N x N, zero
-            diagonal), or a path ending in ``.npy``: the condensed RDM written blockwise to a memory-mapped
-            file, complete or absent (written under a temporary name, then renamed).
+            diagonal), or a path ending in ``.npy``: the condensed RDM ((S, P) for a set) written blockwise
+            to a memory-mapped file, complete or absent (written under a temporary name, then renamed).
         block: tile size (rows per GEMM block), a positive int; default about N / 8, between 256 and 1024 (on a
             GPU between 1024 and 4096).
         device: where the GEMMs run (default: X's device), also for ``.npy`` output, which receives the
-            condensed RDM one block row at a time.
+            condensed RDM one block row at a time. Torch results stay there.
         progress: tqdm bar over tiles.
+        descriptor: rsatoolbox Datasets only: average the observations of each condition of this obs
+            descriptor first, as ``rsatoolbox.rdm.calc_rdm(..., descriptor=...)``.
+        dtype: floating dtype of the result. Default float64 for every input form (numpy, torch, rsatoolbox),
+            whatever the compute dtype: GEMMs run in float32 for float32 features (float64 for float64), and
+            their float32 rounding (about 1e-7 of the values' scale) stays in the float64 result. Ask for
+            ``torch.float32`` to keep a float32 result without the float64 copy (half the memory). A ``.npy``
+            file gets ``dtype``, else the compute dtype.
     Returns:
-        float32 tensor (float64 when X is float64), or the path of the written ``.npy``. Pairs with a
-        zero-variance row are NaN (a ZeroVarianceWarning counts the rows). NaN or inf in X is an error.
+        numpy in: a numpy array; torch in: a tensor on X's device (or ``device``); rsatoolbox in: an ``RDMs``
+        object (descriptors kept, ``dissimilarity_measure`` the method); a set adds a leading S axis. The
+        Path of the written file for ``.npy`` output. Correlation pairs with a zero-variance row, and cosine
+        pairs with an all-zero row, are NaN (a ZeroVarianceWarning counts the rows). NaN or inf in X is an
+        error.
+
+    Euclidean distances come from the Gram identity |x|^2 + |y|^2 - 2 x.y on column-centred rows with a
+    float64 epilogue; for near-duplicate rows in float32 their absolute error is about sqrt(1e-7) of the
+    rows' spread (pass float64 features where such distances matter).
     """
-    X = as_features(X)
-    device = torch.device(device) if device is not None else X.device
-    dtype = compute_dtype(X)
-    n = X.shape[0]
-    block = optional_positive_int(block, "block") or default_block(n, device)
-    stats = row_stats(X)
+    method = canonical_method(method, "rdm")
+    if method == "crossnobis":
+        raise ValueError("method 'crossnobis' is not computed by pozfast.rdm yet; use rsatoolbox's calc_rdm "
+                         "for it")
+    block = optional_positive_int(block, "block")
     to_file = not (isinstance(out, str) and out in ("condensed", "square"))
     if to_file and not str(out).endswith(".npy"):
         raise ValueError(f"out must be 'condensed', 'square' or a path ending in .npy, got {out!r}")
+    mats, form = as_feature_set(X, "X", descriptor=descriptor)
     if to_file:
-        return _rdm_to_file(X, Path(out), stats, dtype, block, device, progress)
-    shape = (n, n) if out == "square" else (condensed_length(n),)
-    result = torch.empty(shape, dtype=dtype, device=device)
-    rdm_tiles.fill_rdm(X, result, stats, dtype, block, device, progress)
+        return _rdms_to_file(mats, Path(out), method, block, device, progress, dtype, form.is_set)
+    res = [_rdm_into(m, method, out == "square", None, block, device, progress) for m in mats]
+    if device is not None and form.kind == "torch":
+        form = dataclasses.replace(form, device=torch.device(device))
+    return rdms_out(torch.stack(res) if form.is_set else res[0], form, measure=method, dtype=dtype)
+
+
+def _stats(X: Tensor, method: str) -> RowStats | SquaredNorms:
+    if method in ("euclidean", "sqeuclidean"):
+        return squared_norms(X, squared=method == "sqeuclidean")
+    return row_stats(X, centre=method == "correlation")
+
+
+def _rdm_into(X: Tensor, method: str, square: bool, result: Tensor | None, block: int | None, device,
+              progress: bool) -> Tensor:
+    """The RDM of one (N, D) matrix, into ``result`` (a condensed buffer) or a new tensor in the compute dtype."""
+    device = torch.device(device) if device is not None else X.device
+    dtype = compute_dtype(X)
+    n = X.shape[0]
+    stats = _stats(X, method)
+    if result is None:
+        result = torch.empty((n, n) if square else (condensed_length(n),), dtype=dtype, device=device)
+    rdm_tiles.fill_rdm(X, result, stats, dtype, block or default_block(n, device), device, progress)
     return result
 
 
-def _rdm_to_file(X: Tensor, path: Path, stats: RowStats, dtype, block: int, device: torch.device,
-                 progress: bool) -> Path:
+def _rdms_to_file(mats: list[Tensor], path: Path, method: str, block: int | None, device, progress: bool,
+                  dtype: Any, is_set: bool) -> Path:
     from numpy.lib.format import open_memmap
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.npy")
-    np_dtype = np.float64 if dtype == torch.float64 else np.float32
-    try:
-        mm = open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(condensed_length(X.shape[0]),))
-        rdm_tiles.fill_rdm(X, torch.from_numpy(mm), stats, dtype, block, device, progress)
+    torch_dtype = result_dtype(dtype) if dtype is not None else \
+        (torch.float64 if any(compute_dtype(m) == torch.float64 for m in mats) else torch.float32)
+    np_dtype = np.float64 if torch_dtype == torch.float64 else np.float32
+    length = condensed_length(mats[0].shape[0])
+    with atomic_path(path) as tmp:
+        mm = open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(len(mats), length) if is_set else (length,))
+        rows = mm if is_set else mm[None]
+        for s, m in enumerate(mats):
+            _rdm_into(m, method, False, torch.from_numpy(rows[s]), block, device, progress)
         mm.flush()
-        del mm
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        del mm, rows
     return path

@@ -133,6 +133,56 @@ class RowStats:
         return X[lo:hi].to(device=device, dtype=dtype).sub(mean).mul_(inv)
 
 
+@dataclasses.dataclass(frozen=True)
+class SquaredNorms:
+    """What Euclidean tiles need: rows less the column means (distances do not change, and the Gram formula
+    stops cancelling on data far from the origin) over one power-of-two scale (exact), and their float64
+    squared norms as the compute dtype holds them, so that d^2 = q_i + q_j - 2 x_i.x_j errs only by the GEMM's
+    rounding."""
+
+    mean: Tensor  # float64 [D]: column means
+    scale: float  # power of two <= the largest |x - mean|
+    sq: Tensor  # float64 [N]: squared norms of the centred, scaled rows in the compute dtype
+    squared: bool  # squared distances (sqeuclidean) or distances (euclidean)
+
+    def normalised(self, X: Tensor, lo: int, hi: int, dtype: torch.dtype, device) -> Tensor:
+        """Rows lo:hi centred and scaled, in ``dtype`` on ``device``."""
+        rows = X[lo:hi].to(device=device, dtype=torch.float64, copy=True)
+        return rows.sub_(self.mean.to(device)).div_(self.scale).to(dtype)
+
+    def distances(self, gram: Tensor, i0: int, j0: int) -> Tensor:
+        """float64 (squared) distances of a tile from its Gram block of rows i0.. and columns j0..; clamped
+        at 0, where rounding can take a tiny squared distance."""
+        q = self.sq.to(gram.device)
+        rows, cols = gram.shape
+        d2 = gram.double().mul_(-2).add_(q[i0:i0 + rows, None]).add_(q[None, j0:j0 + cols]).clamp_min_(0)
+        d2.mul_(self.scale * self.scale)
+        return d2 if self.squared else d2.sqrt_()
+
+
+def squared_norms(X: Tensor, squared: bool, name: str = "X") -> SquaredNorms:
+    """:class:`SquaredNorms` of X (finite) in two float64 passes over row chunks, on X's device."""
+    n, d = X.shape
+    chunks = row_chunks(n, d)
+    total = torch.zeros(d, dtype=torch.float64, device=X.device)
+    finite = torch.ones((), dtype=torch.bool, device=X.device)
+    for lo, hi in chunks:
+        rows = X[lo:hi].double()
+        finite &= torch.isfinite(rows).all()
+        total += rows.sum(0)
+    if not bool(finite):
+        raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
+    mean = total / n
+    top = max((float((X[lo:hi].double() - mean).abs().max()) for lo, hi in chunks), default=0.0)
+    scale = math.ldexp(1.0, math.frexp(top)[1] - 1) if top > 0 else 1.0
+    stats = SquaredNorms(mean, scale, torch.empty(n, dtype=torch.float64, device=X.device), squared)
+    dtype = compute_dtype(X)
+    for lo, hi in chunks:
+        rows = stats.normalised(X, lo, hi, dtype, X.device).double()
+        stats.sq[lo:hi] = torch.linalg.vecdot(rows, rows)
+    return stats
+
+
 def row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
     rows = max(min_rows, _CHUNK_ELEMENTS // max(d, 1))
     return [(lo, min(lo + rows, n)) for lo in range(0, n, rows)]
@@ -154,9 +204,12 @@ def constant(centred_sq: Tensor, sq: Tensor, dtype: torch.dtype) -> Tensor:
     return centred_sq <= (_ROUNDING_ULPS * torch.finfo(dtype).eps) ** 2 * sq
 
 
-def row_stats(X: Tensor, warn: bool = True, name: str = "X") -> RowStats:
+def row_stats(X: Tensor, warn: bool = True, name: str = "X", centre: bool = True) -> RowStats:
     """Row scales, means and centred norms in float64 on X's device, in row chunks (no float64 copy of X);
-    X must be finite. The host waits for the device a few times per call (the checks, the size range), never per chunk."""
+    X must be finite. The host waits for the device a few times per call (the checks, the size range), never per chunk.
+
+    ``centre=False`` gives the statistics of cosine dissimilarities: means 0, plain norms, and only all-zero
+    rows are bad (their pairs NaN)."""
     n = X.shape[0]
     scale, mean, centred_sq, sq = (torch.empty(n, dtype=torch.float64, device=X.device) for _ in range(4))
     finite = torch.ones((), dtype=torch.bool, device=X.device)
@@ -169,15 +222,16 @@ def row_stats(X: Tensor, warn: bool = True, name: str = "X") -> RowStats:
         scale[lo:hi] = torch.ldexp(torch.ones_like(top), torch.frexp(top).exponent - 1)  # 1/2 for an all-zero row
         rows.div_(scale[lo:hi, None])
         sq[lo:hi] = torch.linalg.vecdot(rows, rows)
-        mean[lo:hi] = rows.mean(1)
+        mean[lo:hi] = rows.mean(1) if centre else 0.0
         rows.sub_(mean[lo:hi, None])
         centred_sq[lo:hi] = torch.linalg.vecdot(rows, rows)
     if not bool(finite):
         raise ValueError(f"{name} contains NaN or inf; RDMs need finite features")
-    bad = constant(centred_sq, sq, compute_dtype(X))
+    bad = constant(centred_sq, sq, compute_dtype(X)) if centre else sq == 0
     inv = torch.where(bad, torch.zeros_like(sq), centred_sq.clamp_min(torch.finfo(torch.float64).tiny).rsqrt())
     if warn and bool(bad.any()):
-        warnings.warn(f"{int(bad.sum())} of {n} rows have zero variance: their pairs are NaN in the RDM and "
+        what = "zero variance" if centre else "zero norm (all features 0)"
+        warnings.warn(f"{int(bad.sum())} of {n} rows have {what}: their pairs are NaN in the RDM and "
                       f"skipped in comparisons", ZeroVarianceWarning, stacklevel=3)
     sizes = torch.cat([scale, scale / inv]).masked_fill(torch.cat([bad, bad]), torch.nan)  # valid rows only
     low, high = torch.stack([sizes.nan_to_num(torch.inf).min(), sizes.nan_to_num(-torch.inf).max()]).tolist()

@@ -10,8 +10,10 @@ from torch import Tensor
 
 from pozfast.comparison import Comparison, pearson_from_moments
 from pozfast.distributed import all_reduce_sum, world
+from pozfast.interop import (as_rdm_set, canonical_method, is_rdm_object, looks_like_similarity_matrix,
+                             one_feature_matrix)
 from pozfast.ops import rdm_tiles
-from pozfast.rows import as_condensed, as_features, as_tensor, compute_dtype, n_items, row_chunks, row_stats
+from pozfast.rows import as_tensor, compute_dtype, n_items, row_chunks, row_stats
 from pozfast.validate import optional_positive_int
 
 
@@ -27,11 +29,15 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
     """Pearson (or ``"r2"``) between the RDM of X and the RDM of Y without materialising either.
 
     Args:
-        X: (N, D_A) features, finite.
-        Y: (N, D_B) features, finite, or an RDM of the same N items (condensed vector or square
-            dissimilarity matrix; NaN pairs skipped, inf is an error).
-        y_kind: ``"features"``, ``"rdm"``, or ``"auto"`` (1-D, or square symmetric with zero diagonal,
-            is an RDM; anything else features).
+        X: (N, D_A) features, finite (numpy, torch, DataFrame, rsatoolbox Dataset).
+        Y: (N, D_B) features, finite, or an RDM of the same N items (condensed vector, square dissimilarity
+            matrix, one-RDM rsatoolbox ``RDMs`` or :class:`pozfast.StoredRDMs`; NaN pairs skipped, inf is an
+            error), or a square similarity matrix (``y_kind="similarity"``: used as ``1 - s``).
+        method: ``"pearson"`` (rsatoolbox ``"corr"``) or ``"r2"``.
+        y_kind: ``"features"``, ``"rdm"``, ``"similarity"``, or ``"auto"``: RDM objects, 1-D vectors and
+            square symmetric matrices with a zero diagonal are RDMs, anything else features, except a square
+            symmetric matrix with a unit diagonal, which is an error (a similarity matrix: say
+            ``"similarity"``, or ``"features"`` if it really holds features).
         path: ``"features"`` (both features only: the exact feature-space identity, O(N (D_A + D_B)^2)
             time and O((D_A + D_B)^2) memory, no N^2 term), ``"tiled"`` (O(N^2 (D_A + D_B)) time, memory
             bounded by tiles), or ``"auto"``: the feature path when D_A + D_B < N / 2.
@@ -40,31 +46,44 @@ def rdm_similarity(X: Any, Y: Any, method: str = "pearson", *, y_kind: str = "au
         A :class:`Comparison`; ``.path`` says which path ran. Pairs with a zero-variance row (in X or Y)
         are skipped.
     """
+    method = canonical_method(method, "compare")
     if method not in ("pearson", "r2"):
         raise ValueError(f"method must be 'pearson' or 'r2', got {method!r}")
-    if y_kind not in ("auto", "features", "rdm"):
-        raise ValueError(f"y_kind must be 'auto', 'features' or 'rdm', got {y_kind!r}")
+    if y_kind not in ("auto", "features", "rdm", "similarity"):
+        raise ValueError(f"y_kind must be 'auto', 'features', 'rdm' or 'similarity', got {y_kind!r}")
     if path not in ("auto", "features", "tiled"):
         raise ValueError(f"path must be 'auto', 'features' or 'tiled', got {path!r}")
     block = optional_positive_int(block, "block")
-    X = as_features(X)
+    X = one_feature_matrix(X, "X")
     n = X.shape[0]
-    Yt = as_tensor(Y, "Y")
-    device = X.device if X.is_cuda or not Yt.is_cuda else Yt.device  # a GPU's, when either input is there
-    X, Yt = X.to(device), Yt.to(device)
-    y_is_rdm = y_kind == "rdm" or (y_kind == "auto" and _is_rdm_like(Yt, n))
-    if y_is_rdm:
+    if y_kind == "auto" and is_rdm_object(Y):
+        y_kind = "rdm"
+    Yt = None if is_rdm_object(Y) or y_kind == "features" else as_tensor(Y, "Y")
+    if y_kind == "auto":
+        if looks_like_similarity_matrix(Yt):
+            raise ValueError("Y is a square symmetric matrix with a unit diagonal: a similarity matrix, not features "
+                             "or dissimilarities; pass y_kind='similarity' to compare with it as similarities "
+                             "(1 - s), or y_kind='features' if its rows really are features")
+        y_kind = "rdm" if _is_rdm_like(Yt, n) else "features"
+    if y_kind in ("rdm", "similarity"):
         if path == "features":
             raise ValueError("path='features' needs Y as features, but Y is an RDM")
-        ref = as_condensed(Yt, "Y")
+        refs, _ = as_rdm_set(Y if Yt is None else Yt, "Y", kind="similarity" if y_kind == "similarity" else
+                             "dissimilarity", kind_arg="y_kind")
+        if refs.shape[0] != 1:
+            raise ValueError(f"Y holds {refs.shape[0]} RDMs; rdm_similarity compares with one")
+        ref = refs[0]
         if n_items(ref.numel(), "Y") != n:
             raise ValueError(f"X has {n} items but the RDM Y has {n_items(ref.numel(), 'Y')}")
-        m = _tiled_moments(X, None, ref, block, progress)
+        device = X.device if X.is_cuda or not ref.is_cuda else ref.device  # a GPU's, when either input is there
+        m = _tiled_moments(X.to(device), None, ref.to(device), block, progress)
         chosen = "tiled"
     else:
-        Yf = as_features(Yt, "Y")
+        Yf = one_feature_matrix(Y if Yt is None else Yt, "Y")
         if Yf.shape[0] != n:
             raise ValueError(f"X and Y must have the same number of items (rows): {n} vs {Yf.shape[0]}")
+        device = X.device if X.is_cuda or not Yf.is_cuda else Yf.device
+        X, Yf = X.to(device), Yf.to(device)
         chosen = path if path != "auto" else ("features" if X.shape[1] + Yf.shape[1] < n / 2 else "tiled")
         m = _feature_moments(X, Yf) if chosen == "features" else _tiled_moments(X, Yf, None, block, progress)
     r = pearson_from_moments(m)

@@ -4,12 +4,13 @@ raise and what its message must say (the argument's name and what was wrong with
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import squareform
 
 import pozfast
 from pozfast import geometry as R
 
 X = np.random.default_rng(0).standard_normal((6, 4))  # 6 items, 4 features
-RDM6 = R.rdm(X).numpy()  # condensed, 15 pairs
+RDM6 = R.rdm(X)  # condensed, 15 pairs (numpy in, numpy out)
 POZ = np.linspace(0, 1, 4)
 T = torch.randn(3, 4)
 
@@ -45,7 +46,13 @@ CASES = [
     (lambda: R.rdm([[1.0, 2.0], [3.0]]), ValueError, "X must be a rectangular array"),
     (lambda: R.rdm(X.astype(np.complex128)), TypeError, "X must hold real numbers, got complex"),
     (lambda: R.rdm(np.ones(4)), ValueError, "X must be 2-D"),
-    (lambda: R.rdm(np.ones((2, 3, 4))), ValueError, "X must be 2-D"),
+    (lambda: R.rdm(np.ones((2, 3, 4, 5))), ValueError, "X must be 2-D"),
+    (lambda: R.rdm(X, method="manhattan"), ValueError, "method must be one of 'correlation'"),
+    (lambda: R.rdm(X, method="mahalanobis"), ValueError, "rsatoolbox's Mahalanobis distance"),
+    (lambda: R.rdm(X, method=3), TypeError, "method must be a string"),
+    (lambda: R.rdm([X, X[:5]]), ValueError, r"X\[1\] has 5 items \(rows\) but X\[0\] has 6"),
+    (lambda: R.rdm(X, descriptor="conds"), ValueError, "descriptor='conds' averages rsatoolbox Datasets"),
+    (lambda: R.rdm(X, dtype=torch.int64), TypeError, "dtype must be a floating dtype"),
     (lambda: R.rdm(np.empty((0, 3))), ValueError, "X needs at least 2 rows"),
     (lambda: R.rdm(np.empty((3, 0))), ValueError, "X has no features"),
     (lambda: R.rdm(put(X, np.inf)), ValueError, "X contains NaN or inf"),
@@ -55,11 +62,14 @@ CASES = [
     (lambda: R.rdm(X, block="8"), TypeError, "block must be an int, got str"),
     (lambda: R.rdm(X, out="nope"), ValueError, "out must be 'condensed'"),
     # compare_rdms
-    (lambda: R.compare_rdms(RDM6, RDM6, "kendall"), ValueError, "method must be one of"),
+    (lambda: R.compare_rdms(RDM6, RDM6, "kendall"), ValueError, "rsatoolbox's Kendall's tau-b"),
+    (lambda: R.compare_rdms(RDM6, RDM6, "pearsn"), ValueError, "method must be one of 'pearson' \\(rsatoolbox 'corr'\\)"),
+    (lambda: R.compare_rdms(1 - squareform(RDM6), RDM6), ValueError, "a is a square symmetric matrix with a unit diag"),
+    (lambda: R.compare_rdms(RDM6, 1 - squareform(RDM6)), ValueError, "pass b_kind='similarity'"),
     (lambda: R.compare_rdms(RDM6, RDM6, a_kind="sim"), ValueError, "a kind must be"),
     (lambda: R.compare_rdms(RDM6, RDM6[:10]), ValueError, "a and b are RDMs of different N: 6 vs 5"),
     (lambda: R.compare_rdms(np.ones(5), np.ones(5)), ValueError, "a has 5 entries"),
-    (lambda: R.compare_rdms(np.ones((2, 3, 4)), RDM6), ValueError, "a must be a condensed vector or a square"),
+    (lambda: R.compare_rdms(np.ones((2, 3, 4)), RDM6), ValueError, r"a\[0\] must be a condensed vector or a square"),
     (lambda: R.compare_rdms(put(RDM6, np.inf), RDM6), ValueError, "a contains inf"),
     (lambda: R.compare_rdms(RDM6, put(RDM6, -np.inf), "spearman"), ValueError, "b contains inf"),
     (lambda: R.compare_rdms(["a", "b", "c"], RDM6[:3]), TypeError, "a must hold real numbers"),
@@ -68,13 +78,18 @@ CASES = [
     (lambda: R.rdm_similarity(X, RDM6[:10], y_kind="rdm"), ValueError, "the RDM Y has 5"),
     (lambda: R.rdm_similarity(X, X, "spearman"), ValueError, "method must be 'pearson' or 'r2'"),
     (lambda: R.rdm_similarity(X, X, y_kind="square"), ValueError, "y_kind must be"),
+    (lambda: R.rdm_similarity(X, np.corrcoef(X)), ValueError, "Y is a square symmetric matrix with a unit diagonal: a "
+                                                             "similarity matrix.*y_kind='similarity'.*y_kind='features'"),
+    (lambda: R.rdm_similarity(X, np.corrcoef(X), y_kind="rdm"), ValueError, "pass y_kind='similarity'"),
+    (lambda: R.rdm_similarity(X, np.stack([RDM6, RDM6]), y_kind="rdm"), ValueError, "Y holds 2 RDMs"),
+    (lambda: R.rdm_similarity(np.stack([X, X]), X), ValueError, r"X must be one \(N, D\) feature matrix, got a set"),
     (lambda: R.rdm_similarity(X, X, path="fast"), ValueError, "path must be"),
     (lambda: R.rdm_similarity(X, RDM6, path="features"), ValueError, "needs Y as features"),
     (lambda: R.rdm_similarity(X, X, path="tiled", block=0), ValueError, "block must be >= 1"),
     (lambda: R.rdm_similarity(X, X, path="tiled", block=2.5), TypeError, "block must be an int"),
     (lambda: R.rdm_similarity(X, put(RDM6, np.inf)), ValueError, "Y contains inf"),
     (lambda: R.rdm_similarity(X, put(X, np.nan)), ValueError, "Y contains NaN"),
-    (lambda: R.rdm_similarity(X, np.ones((6, 3, 2))), ValueError, "Y must be 2-D"),
+    (lambda: R.rdm_similarity(X, np.ones((6, 3, 2))), ValueError, r"Y must be one \(N, D\) feature matrix"),
     # insertion_curve
     (lambda: R.insertion_curve(X[0], POZ), ValueError, "X must be 2-D"),
     (lambda: R.insertion_curve(X, POZ, steps=True), TypeError, "steps must be an int, got bool"),

@@ -39,12 +39,15 @@ def test_rdm_matches_scipy(kind, n, block):
     x = data(kind, n, 23, seed=n)
     ref = pdist(x, "correlation")
     d64 = R.rdm(x, block=block)
-    assert d64.dtype == torch.float64 and d64.shape == (n * (n - 1) // 2,)
-    np.testing.assert_allclose(d64.numpy(), ref, rtol=0, atol=1e-12)
-    d32 = R.rdm(torch.from_numpy(x).float(), block=block)
+    assert isinstance(d64, np.ndarray) and d64.dtype == np.float64 and d64.shape == (n * (n - 1) // 2,)
+    np.testing.assert_allclose(d64, ref, rtol=0, atol=1e-12)
+    d32 = R.rdm(torch.from_numpy(x).float(), block=block, dtype=torch.float32)
     assert d32.dtype == torch.float32
     np.testing.assert_allclose(d32.numpy(), ref, rtol=0, atol=2e-5 if kind != "low_rank" else 1e-4)
-    sq = R.rdm(x, out="square", block=block).numpy()
+    default = R.rdm(torch.from_numpy(x).float(), block=block)  # torch in, torch out, float64 unless asked
+    assert isinstance(default, torch.Tensor) and default.dtype == torch.float64
+    torch.testing.assert_close(default, d32.double(), rtol=0, atol=0)
+    sq = R.rdm(x, out="square", block=block)
     np.testing.assert_allclose(sq, squareform(ref), rtol=0, atol=1e-12)
     np.testing.assert_allclose(sq, 1 - np.corrcoef(x), rtol=0, atol=1e-12)
 
@@ -52,7 +55,7 @@ def test_rdm_matches_scipy(kind, n, block):
 def test_file_output_equals_memory_and_is_atomic(tmp_path, monkeypatch):
     x = data("random", 53, 9)
     path = R.rdm(x, out=str(tmp_path / "d.npy"), block=8)
-    np.testing.assert_array_equal(np.load(path), R.rdm(x, block=8).numpy())
+    np.testing.assert_array_equal(np.load(path), R.rdm(x, block=8))
 
     calls = {"n": 0}
     real = rdm_tiles.pack_condensed
@@ -75,9 +78,9 @@ def test_worked_example_from_the_deck():
     b = [0.4, 0.7, 0.6, 0.3, 0.7, 0]
     c = [0.02, 0.4, 0.9, 0.2, 0.2, 0]
     x = np.array([a, b, c])
-    r = 1 - squareform(R.rdm(x).numpy())
+    r = 1 - squareform(R.rdm(x))
     assert (round(r[0, 1], 3), round(r[1, 2], 3), round(r[0, 2], 3)) == (0.617, 0.556, -0.182)
-    r5 = 1 - squareform(R.rdm(x[:, :5]).numpy())
+    r5 = 1 - squareform(R.rdm(x[:, :5]))
     assert (round(r5[0, 1], 3), round(r5[1, 2], 3), round(r5[0, 2], 3)) == (-0.065, 0.403, -0.939)
 
 
@@ -86,12 +89,12 @@ def test_zero_variance_rows_are_nan_with_a_warning():
     x[3] = 2.5
     x[7] = 0
     with pytest.warns(R.ZeroVarianceWarning, match="2 of 10 rows"):
-        d = squareform(R.rdm(x).numpy(), checks=False)
+        d = squareform(R.rdm(x), checks=False)
     nan_rows = {i for i in range(10) if np.isnan(np.delete(d[i], i)).all()}
     assert nan_rows == {3, 7}
     assert not np.isnan(d[np.ix_([0, 1, 2], [4, 5, 6])]).any()
     with pytest.warns(R.ZeroVarianceWarning):
-        sq = R.rdm(x, out="square").numpy()
+        sq = R.rdm(x, out="square")
     assert np.isnan(sq[3]).all() and np.isnan(sq[:, 7]).all()
 
 
@@ -108,7 +111,7 @@ def test_rdm_matches_scipy_for_large_means_and_small_spreads(n, d, seed, mean_bo
     x = means[:, None] + spreads[:, None] * rng.standard_normal((n, d))
     with warnings.catch_warnings():
         warnings.simplefilter("error", R.ZeroVarianceWarning)  # a spread far above rounding is not constant
-        got = R.rdm(x).numpy()
+        got = R.rdm(x)
     # Rounding moves each centred row by about eps * max|x|, so r is known to eps * kappa, kappa being a
     # row's max |x| over its rms spread: scipy and pozfast each stay within a few times that.
     c = x - x.mean(1, keepdims=True)
@@ -121,7 +124,7 @@ def test_huge_mean_with_unit_spread_is_not_zero_variance():
     x = 1e5 + data("random", 6, 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error", R.ZeroVarianceWarning)
-        np.testing.assert_allclose(R.rdm(x).numpy(), pdist(x, "correlation"), rtol=0, atol=1e-9)
+        np.testing.assert_allclose(R.rdm(x), pdist(x, "correlation"), rtol=0, atol=1e-9)
 
 
 def test_rows_constant_up_to_rounding_are_zero_variance():
@@ -130,7 +133,7 @@ def test_rows_constant_up_to_rounding_are_zero_variance():
     x[1, 3] = np.nextafter(0.1, 1)  # one ulp apart: rounding, not signal
     x[2] = 3e5 + np.arange(10) * 1e-6  # a tiny spread on a huge value, still far above rounding
     with pytest.warns(R.ZeroVarianceWarning, match="1 of 5 rows"):
-        d = squareform(R.rdm(x).numpy(), checks=False)
+        d = squareform(R.rdm(x), checks=False)
     assert np.isnan(np.delete(d[1], 1)).all()
     assert not np.isnan(np.delete(d[2], [1, 2])).any()
     # The insertion curve's last step (all features) skips the same pairs as the RDM.
@@ -165,7 +168,7 @@ def test_float32_rows_at_the_ends_of_the_range(backend):
 def test_float64_rows_at_the_ends_of_the_range():
     x = data("random", 6, 8)
     for scale in (1e307, 1e-310):  # squares overflow / underflow even in float64
-        np.testing.assert_allclose(R.rdm(x * scale).numpy(), pdist(x, "correlation"), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(R.rdm(x * scale), pdist(x, "correlation"), rtol=0, atol=1e-12)
 
 
 def test_inf_in_a_given_rdm_is_refused_where_nan_is_skipped():
@@ -186,7 +189,7 @@ def test_inf_in_a_given_rdm_is_refused_where_nan_is_skipped():
 
 def test_numpy_integers_are_accepted_where_ints_are_expected():
     x = data("random", 9, 5)
-    np.testing.assert_array_equal(R.rdm(x, block=np.int64(4)).numpy(), R.rdm(x, block=4).numpy())
+    np.testing.assert_array_equal(R.rdm(x, block=np.int64(4)), R.rdm(x, block=4))
     curve = R.insertion_curve(x, np.arange(5), steps=np.int32(2), block=np.int64(3))
     assert curve.n_features == [2, 5]
 
@@ -267,7 +270,7 @@ def test_bad_input():
         R.rdm_similarity(np.random.rand(5, 3), np.random.rand(6), y_kind="rdm")
     with pytest.raises(ValueError, match="one value per feature"):
         R.insertion_curve(np.random.rand(5, 3), np.random.rand(4))
-    with pytest.raises(ValueError, match="method must be one of"):
+    with pytest.raises(ValueError, match="Kendall's tau-b, which pozfast does not support"):
         R.compare_rdms(np.ones(6), np.ones(6), "kendall")
 
 
@@ -309,7 +312,7 @@ def test_parity_with_rsatoolbox():
     rng = np.random.default_rng(4)
     x, y = rng.random((25, 7)), rng.random((25, 5))
     ra, rb = calc_rdm(Dataset(x), method="correlation"), calc_rdm(Dataset(y), method="correlation")
-    np.testing.assert_allclose(R.rdm(x).numpy(), ra.get_vectors()[0], atol=1e-12)
+    np.testing.assert_allclose(R.rdm(x), ra.get_vectors()[0], atol=1e-12)
     for ours, theirs in [("pearson", "corr"), ("spearman", "spearman"), ("kendall_tau_a", "tau-a"), ("cosine", "cosine")]:
         want = float(compare(ra, rb, method=theirs)[0, 0])
         assert R.compare_rdms(R.rdm(x), R.rdm(y), ours).value == pytest.approx(want, abs=1e-10), ours
@@ -525,3 +528,212 @@ def test_triton_curve_matches_cpu(with_ref, dtype):
             assert got.n_pairs == want.n_pairs
             np.testing.assert_allclose(got.values, want.values, rtol=0,
                                        atol=1e-9 if dtype == torch.float64 else 2e-5)
+
+
+# ---- dissimilarities, forms, sets, similarity matrices ----
+
+def _scaled_error(got, ref, method="euclidean") -> float:
+    """Largest |got - ref| over the RDM's scale: its largest |value| for (squared) distances; 1 for cosine and
+    correlation, which are 1 - (a dot product of unit vectors), known to rounding in absolute terms (as scipy's)."""
+    scale = max(np.abs(ref).max(), 1e-300) if "euclidean" in method else 1.0
+    return float(np.nanmax(np.abs(np.asarray(got, dtype=np.float64) - ref)) / scale)
+
+
+@pytest.mark.parametrize("method", ["correlation", "euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("kind", ["random", "sparse"])
+@pytest.mark.parametrize("n,d", [(2, 1), (3, 5), (37, 23), (301, 17)])
+@pytest.mark.parametrize("block", [16, 1024])
+def test_dissimilarities_match_scipy_in_every_output_form(tmp_path, method, kind, n, d, block):
+    x = data(kind, n, d, seed=n + d)
+    if method == "correlation" and d == 1:
+        pytest.skip("correlation needs at least 2 features per row")
+    ref = pdist(x, method)
+    got = R.rdm(x, method=method, block=block)
+    assert isinstance(got, np.ndarray) and got.dtype == np.float64 and got.shape == ref.shape
+    assert _scaled_error(got, ref, method) <= 1e-12
+    assert _scaled_error(R.rdm(x, method=method, out="square", block=block), squareform(ref), method) <= 1e-12
+    path = R.rdm(x, method=method, out=tmp_path / "d.npy", block=block)
+    np.testing.assert_array_equal(np.load(path), got)
+    strided = np.asfortranarray(x)  # non-contiguous rows
+    assert _scaled_error(R.rdm(strided, method=method, block=block), ref, method) <= 1e-12
+    # float32 GEMMs: 1e-6 of the RDM's scale where the values are of order one (zero-mean data); cosine and
+    # correlation of rows far from the origin are 1 - (a float32 dot product), known to about sqrt(D) 6e-8.
+    x32 = x.astype(np.float32)
+    ref32 = pdist(x32.astype(np.float64), method)  # of the float32 values: their rounding is the input's
+    got32 = R.rdm(torch.from_numpy(x32), method=method, block=block, dtype=torch.float32)
+    assert got32.dtype == torch.float32
+    if kind == "random":
+        assert _scaled_error(got32.numpy(), ref32, method) <= 1e-6
+    else:
+        np.testing.assert_allclose(got32.numpy(), ref32, rtol=1e-6, atol=1e-6 * max(1.0, np.abs(ref32).max()))
+
+
+def test_cosine_zero_rows_are_nan_with_a_warning_and_euclidean_has_none():
+    x = data("random", 9, 4)
+    x[2] = 0
+    x[5] = 3.0  # constant but not zero: a valid cosine row
+    with pytest.warns(R.ZeroVarianceWarning, match="1 of 9 rows have zero norm"):
+        d = squareform(R.rdm(x, method="cosine"), checks=False)
+    assert np.isnan(np.delete(d[2], 2)).all() and not np.isnan(np.delete(d[5], [2, 5])).any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", R.ZeroVarianceWarning)
+        np.testing.assert_allclose(R.rdm(x, method="euclidean"), pdist(x), rtol=1e-12)
+    dup = np.repeat(data("random", 4, 6), 2, axis=0)  # identical rows: distance exactly 0, never negative
+    got = R.rdm(dup, method="sqeuclidean")
+    assert (got >= 0).all() and np.allclose(squareform(got)[::2, 1::2].diagonal(), 0, atol=1e-12)
+
+
+def test_results_come_back_in_the_callers_form(tmp_path):
+    pd = pytest.importorskip("pandas")
+    x = data("random", 12, 5)
+    ref = pdist(x, "cosine")
+    t = torch.from_numpy(x).float()
+    default = R.rdm(t, method="cosine")
+    assert isinstance(default, torch.Tensor) and default.dtype == torch.float64 and default.device == t.device
+    assert R.rdm(t, method="cosine", dtype=torch.float32).dtype == torch.float32
+    assert R.rdm(x, dtype=np.float32).dtype == np.float32
+    frame = R.rdm(pd.DataFrame(x, index=[f"c{i}" for i in range(12)]), method="cosine")
+    assert isinstance(frame, np.ndarray) and _scaled_error(frame, ref) <= 1e-12
+    stack = np.stack([x, 2 * x + 1])  # (S, N, D): S RDMs in one call
+    both = R.rdm(stack, method="euclidean")
+    assert both.shape == (2, 66)
+    np.testing.assert_allclose(both, [pdist(x), pdist(2 * x + 1)], rtol=1e-12)
+    listed = R.rdm([t, t[:, :3]], out="square")
+    assert isinstance(listed, torch.Tensor) and listed.shape == (2, 12, 12)
+    path = R.rdm(stack, method="sqeuclidean", out=tmp_path / "set.npy")
+    np.testing.assert_allclose(np.load(path), [pdist(x, "sqeuclidean"), pdist(2 * x + 1, "sqeuclidean")], rtol=1e-12)
+    assert pozfast.load_rdm(path).n_rdm == 2 and (os.stat(path).st_mode & 0o777) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_rsatoolbox_datasets_give_rdms_objects_for_every_method():
+    rsa = pytest.importorskip("rsatoolbox", reason="rsatoolbox not installed (pip install 'pozfast[test]')")
+    rng = np.random.default_rng(9)
+    ds = rsa.data.Dataset(rng.standard_normal((30, 6)), obs_descriptors={"conds": np.repeat(np.arange(10), 3)})
+    for method, theirs, factor in [("correlation", "correlation", 1), ("sqeuclidean", "euclidean", 1 / 6)]:
+        ours = R.rdm(ds, method=method, descriptor="conds")
+        want = rsa.rdm.calc_rdm(ds, method=theirs, descriptor="conds")
+        assert isinstance(ours, rsa.rdm.RDMs) and ours.dissimilarity_measure == method
+        np.testing.assert_allclose(ours.dissimilarities * factor, want.dissimilarities, rtol=1e-10)
+        assert list(ours.pattern_descriptors["conds"]) == list(want.pattern_descriptors["conds"])
+
+
+def test_a_similarity_matrix_is_refused_as_features_and_used_when_named():
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((40, 6))
+    y = rng.standard_normal((40, 3)) @ rng.standard_normal((3, 40)) + rng.standard_normal((40, 40))
+    s = np.corrcoef(y)  # a square similarity matrix with a unit diagonal
+    with pytest.raises(ValueError, match="similarity matrix.*y_kind='similarity'.*y_kind='features'"):
+        R.rdm_similarity(x, s)
+    right = R.rdm_similarity(x, s, y_kind="similarity")
+    want = pearsonr(pdist(x, "correlation"), pdist(y, "correlation")).statistic
+    assert right.value == pytest.approx(want, abs=1e-10)
+    wrong = R.rdm_similarity(x, s, y_kind="features")  # what auto mode used to return silently
+    assert abs(wrong.value - right.value) > 1e-4
+    assert R.compare_rdms(pdist(x, "correlation"), s, b_kind="similarity").value == pytest.approx(want, abs=1e-10)
+
+
+def test_compare_rdms_aliases_and_sets():
+    rng = np.random.default_rng(12)
+    A = np.stack([pdist(rng.random((15, 4)), "correlation") for _ in range(3)])
+    B = np.stack([pdist(rng.random((15, 4)), "euclidean") for _ in range(2)])
+    for alias, name in [("corr", "pearson"), ("tau-a", "kendall_tau_a"), ("Spearman ", "spearman"),
+                        ("cosine", "cosine"), ("r2", "r2")]:
+        one = R.compare_rdms(A[0], B[0], alias)
+        assert isinstance(one, R.Comparison) and one.method == name
+        assert one.value == pytest.approx(R.compare_rdms(A[0], B[0], name).value, abs=0)
+        matrix = R.compare_rdms(A, B, alias)
+        assert isinstance(matrix, np.ndarray) and matrix.shape == (3, 2) and matrix.dtype == np.float64
+        want = [[R.compare_rdms(a, b, name).value for b in B] for a in A]
+        np.testing.assert_allclose(matrix, want, rtol=0, atol=1e-15)
+    as_torch = R.compare_rdms(torch.from_numpy(A), B[:1], "spearman", dtype=torch.float32)
+    assert isinstance(as_torch, torch.Tensor) and as_torch.shape == (3, 1) and as_torch.dtype == torch.float32
+
+
+def test_compare_rsatoolbox_rdms_sets_as_rsatoolbox():
+    rsa = pytest.importorskip("rsatoolbox", reason="rsatoolbox not installed (pip install 'pozfast[test]')")
+    rng = np.random.default_rng(13)
+    a = rsa.rdm.RDMs(np.stack([pdist(rng.random((12, 5)), "correlation") for _ in range(3)]))
+    b = rsa.rdm.RDMs(np.stack([pdist(rng.random((12, 5)), "correlation") for _ in range(2)]))
+    for method in ("corr", "spearman", "tau-a", "cosine"):
+        np.testing.assert_allclose(R.compare_rdms(a, b, method), rsa.rdm.compare(a, b, method=method), atol=1e-10)
+
+
+def test_cli_methods_saved_rdms_plots_and_exit_codes(tmp_path, monkeypatch):
+    import contextlib
+    import io
+    import json
+    import subprocess
+    import sys
+
+    from pozfast.cli import main
+
+    x, y = data("random", 25, 6, 21), data("random", 25, 4, 22)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    np.save(tmp_path / "a.npy", pdist(x, "euclidean"))
+    pozfast.save_rdm(tmp_path / "b.npz", pdist(y, "cosine"), labels=[f"c{i}" for i in range(25)], measure="cosine")
+    np.save(tmp_path / "sim.npy", np.corrcoef(y))
+    (tmp_path / "labels.txt").write_text("\n".join(f"item {i}" for i in range(25)) + "\n")
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pozfast.cli", "rdm", *map(str, a), "--no-progress"],  # noqa: E731
+                                    capture_output=True, text=True, check=False)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    usual = 0o666 & ~_umask()
+
+    res = run(tmp_path / "x.npy", "--method", "euclidean", "--plot", "--labels", tmp_path / "labels.txt",
+              "--out", tmp_path / "e")
+    assert res.returncode == 0, res.stderr
+    np.testing.assert_allclose(np.load(tmp_path / "e" / "rdm.npy"), pdist(x), rtol=1e-12)
+    assert {mode(tmp_path / "e" / f) for f in ("rdm.npy", "rdm.png", "result.json")} == {usual}
+    # two saved RDMs, every comparison method by its rsatoolbox name
+    for name, method in [("corr", "pearson"), ("tau-a", "kendall_tau_a"), ("spearman", "spearman"), ("cosine", "cosine")]:
+        res = run(tmp_path / "a.npy", "--compare", tmp_path / "b.npz", "--compare-method", name, "--out", tmp_path / name)
+        assert res.returncode == 0, res.stderr
+        got = json.loads((tmp_path / name / "result.json").read_text())
+        want = R.compare_rdms(pdist(x), pdist(y, "cosine"), method)
+        assert got["method"] == method and got["value"] == pytest.approx(want.value, abs=1e-12)
+    # features with features under another dissimilarity; a similarity matrix named as one
+    res = run(tmp_path / "x.npy", "--compare", tmp_path / "y.npy", "--method", "cosine", "--compare-method", "spearman",
+              "--out", tmp_path / "f")
+    assert res.returncode == 0, res.stderr
+    want = spearmanr(pdist(x, "cosine"), pdist(y, "cosine")).statistic
+    assert json.loads((tmp_path / "f" / "result.json").read_text())["value"] == pytest.approx(want, abs=1e-12)
+    res = run(tmp_path / "x.npy", "--compare", tmp_path / "sim.npy", "--y-kind", "similarity", "--out", tmp_path / "s")
+    assert res.returncode == 0, res.stderr
+    want = pearsonr(pdist(x, "correlation"), pdist(y, "correlation")).statistic
+    assert json.loads((tmp_path / "s" / "result.json").read_text())["value"] == pytest.approx(want, abs=1e-10)
+    # usage errors: exit 2, one line
+    def in_process(features, *args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            status = main(["rdm", str(tmp_path / features), *map(str, args), "--out", str(tmp_path / "bad"),
+                           "--no-progress"])
+        lines = err.getvalue().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: "), lines
+        return status, next((m for m in messages if m in lines[0]), lines[0])
+
+    cases = [(["--reference", tmp_path / "a.npy"], "--reference needs --curve"),
+                          (["--steps", 5], "--steps needs --curve"),
+                          (["--labels", tmp_path / "labels.txt"], "--labels needs --plot"),
+                          (["--compare-method", "spearman"], "--compare-method needs --compare or --curve"),
+                          (["--y-kind", "rdm"], "--y-kind needs --compare"),
+                          (["--method", "manhattan"], "--method: method must be one of"),
+                          (["--compare", tmp_path / "sim.npy"], "similarity matrix; pass --y-kind similarity"),
+                          (["--curve", tmp_path / "a.npy", "--plot"], "--plot does not apply to --curve")]
+    messages = [m for _, m in cases] + ["both inputs are RDMs"]
+    for args, message in cases:
+        assert in_process("x.npy", *args) == (2, message), args
+    assert in_process("a.npy", "--method", "cosine", "--compare", tmp_path / "b.npz") == (2, "both inputs are RDMs")
+
+    # a failure while running: exit 1, one line
+    def failing(*args, **kwargs):
+        raise RuntimeError("out of device memory")
+
+    monkeypatch.setattr(pozfast, "rdm", failing)
+    messages.append("RuntimeError: out of device memory")
+    assert in_process("x.npy") == (1, "RuntimeError: out of device memory")

@@ -18,7 +18,7 @@ from torch import Tensor
 from pozfast._native import native
 from pozfast.backends import select
 from pozfast.distributed import all_reduce_sum, world
-from pozfast.rows import RowBlocks, RowStats, default_block, progress_bar, row_chunks, tiles
+from pozfast.rows import RowBlocks, RowStats, SquaredNorms, default_block, progress_bar, row_chunks, tiles
 
 _SUPPORTED = ("cpu-native", "cuda-native", "torch")
 TILE_BACKENDS = ("cpu-native", "cuda-native", "triton", "torch")
@@ -78,8 +78,14 @@ def pack_condensed(tile: Tensor, i0: int, j0: int, n: int, bad: Tensor, out: Ten
         else:
             native().pack_condensed_cpu(*args)
         return
-    i, j, upper = _upper_pairs(rows, cols, i0, j0, tile.device)
-    values = torch.where(bad[i].bool() | bad[j].bool(), float("nan"), 1 - tile)
+    i, j, _ = _upper_pairs(rows, cols, i0, j0, tile.device)
+    pack_values(torch.where(bad[i].bool() | bad[j].bool(), float("nan"), 1 - tile), i0, j0, n, out)
+
+
+def pack_values(values: Tensor, i0: int, j0: int, n: int, out: Tensor) -> None:
+    """out[idx(i, j)] = values[i - i0, j - j0] for the tile's pairs with j > i (plain torch, any dtypes)."""
+    rows, cols = values.shape
+    i, j, upper = _upper_pairs(rows, cols, i0, j0, values.device)
     out[condensed_index(i, j, n).expand(rows, cols)[upper]] = values[upper].to(out.dtype)
 
 
@@ -150,18 +156,24 @@ def _row_start(i: int, n: int) -> int:
     return i * n - i * (i + 1) // 2
 
 
-def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, device, progress: bool) -> None:
+def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms, dtype, block: int, device,
+             progress: bool) -> None:
     """Write the RDM of X into ``result``: condensed [N(N-1)/2] or square [N, N]. The GEMMs run on ``device``;
-    a condensed ``result`` elsewhere (a memory-mapped file) receives one block row at a time."""
+    a condensed ``result`` elsewhere (a memory-mapped file) receives one block row at a time.
+
+    ``stats`` says what the tiles hold: :class:`RowStats` give Gram tiles of unit-norm rows, stored as
+    ``1 - tile`` (correlation, or cosine with uncentred stats) by the native and Triton kernels;
+    :class:`SquaredNorms` give (squared) Euclidean distances from their float64 epilogue, packed in torch."""
     n = X.shape[0]
     square = result.dim() == 2
     staged = not square and result.device != device
-    if not square and not staged and select("rdm", device, TILE_BACKENDS) == "triton":
+    gram = isinstance(stats, RowStats)
+    if gram and not square and not staged and select("rdm", device, TILE_BACKENDS) == "triton":
         from pozfast.triton_kernels.rdm_tiles import condensed_rdm  # one fused kernel: GEMM tiles + packing
 
         condensed_rdm(*triton_operands(X, stats, dtype, device), result)
         return
-    bad = stats.bad.to(device=device, dtype=torch.uint8)
+    bad = stats.bad.to(device=device, dtype=torch.uint8) if gram else None
     with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)
@@ -175,17 +187,21 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, devi
                 j1 = min(j0 + block, n)
                 zj = zi if j0 == i0 else stats.normalised(X, j0, j1, dtype, device)
                 tile = zi @ zj.T
-                if square:
-                    d = 1 - tile
-                    result[i0:i1, j0:j1] = d
-                    result[j0:j1, i0:i1] = d.T
-                else:
+                if gram and not square:
                     pack_condensed(tile, i0 - first, j0 - first, n - first, bad[first:], target)
+                else:
+                    d = (1 - tile) if gram else stats.distances(tile, i0, j0)
+                    if square:
+                        result[i0:i1, j0:j1] = d
+                        result[j0:j1, i0:i1] = d.T
+                    else:
+                        pack_values(d, i0 - first, j0 - first, n - first, target)
                 bar.update()
             if staged:
                 result[_row_start(i0, n):_row_start(i1, n)].copy_(target)
     if square:
         result.fill_diagonal_(0)
+    if square and gram:
         b = stats.bad.to(result.device)
         result.masked_fill_(b[:, None], float("nan")).masked_fill_(b[None, :], float("nan"))  # broadcast masks
 
