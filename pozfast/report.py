@@ -130,19 +130,21 @@ class LayerAPoZ:
     def from_json(cls, d: dict, thresholds: tuple[float, ...]) -> LayerAPoZ:
         """From :meth:`to_json` (or a version 1/2 layer with ``zeros``); counts that cannot be (above
         ``total``, or decreasing as tau grows) are refused."""
-        rows = [d["zeros"]] if "counts" not in d else d["counts"]
+        old = "counts" not in d  # versions 1 and 2: ReLU zeros, one threshold
+        counts = torch.tensor([d["zeros"]] if old else d["counts"], dtype=torch.int64)
+        if counts.dim() != 2 or counts.shape[0] != len(thresholds):
+            raise ValueError(f"counts must hold one row per threshold ({len(thresholds)}), got shape "
+                             f"{tuple(counts.shape)}")
+        if d.get("channels", counts.shape[1]) != counts.shape[1]:
+            raise ValueError(f"{counts.shape[1]} {'zero counts' if old else 'counts per threshold'} for "
+                             f"{d.get('channels')} channels")
         e = cls(key=d["key"], module=d["module"], call=int(d["call"]), channel_dim=int(d["channel_dim"]),
-                counts=torch.tensor(rows, dtype=torch.int64), thresholds=thresholds, total=int(d["total"]),
-                examples=int(d["examples"]), tokens=int(d.get("tokens", 0)), masked=bool(d.get("masked", False)),
-                kind=str(d.get("kind", "relu")), producers=tuple(d.get("producers", ())))
-        what = "zero counts" if "counts" not in d else "counts per threshold"
-        if e.counts.dim() != 2 or e.counts.shape[0] != len(thresholds) or d.get("channels", e.channels) != e.channels:
-            raise ValueError(f"{what} of shape {tuple(e.counts.shape)} for {len(thresholds)} thresholds and "
-                             f"{d.get('channels')} channels" if "counts" in d else
-                             f"{e.counts.numel()} zero counts for {d.get('channels')} channels")
-        if e.counts.numel() and not 0 <= int(e.counts.min()) <= int(e.counts.max()) <= e.total:
-            raise ValueError(f"{'zeros' if 'counts' not in d else 'counts'} must be within [0, total] = [0, {e.total}]")
-        if bool((e.counts[1:] < e.counts[:-1]).any()):
+                counts=counts, thresholds=thresholds, total=int(d["total"]), examples=int(d["examples"]),
+                tokens=int(d.get("tokens", 0)), masked=bool(d.get("masked", False)), kind=str(d.get("kind", "relu")),
+                producers=tuple(d.get("producers", ())))
+        if counts.numel() and not 0 <= int(counts.min()) <= int(counts.max()) <= e.total:
+            raise ValueError(f"{'zeros' if old else 'counts'} must be within [0, total] = [0, {e.total}]")
+        if bool((counts[1:] < counts[:-1]).any()):
             raise ValueError("counts must not decrease as the threshold grows")
         return e
 
