@@ -1,0 +1,418 @@
+"""Inference on RDM comparisons with the semantics of ``rsatoolbox.inference``: the noise ceiling
+(``boot_noise_ceiling``), bootstrap evaluations of model RDMs over subjects, stimuli or both
+(``eval_bootstrap_rdm``, ``eval_bootstrap_pattern``, ``eval_bootstrap``), and a permutation test of one
+comparison (stimulus labels permuted, the RDM reindexed rather than rebuilt).
+
+Data and models are sets of condensed RDMs of the same N stimuli (see :func:`pozfast.rdm_sets.as_rdm_stack`);
+a pair that is NaN in any of them is dropped from all, as rsatoolbox's comparisons drop it. Comparison
+methods as :func:`pozfast.compare_rdms`. Random draws come from ``numpy.random.default_rng(seed)``; the
+samples drawn are returned and can be passed back (``samples=``) to replay them, for instance rsatoolbox's
+own (it draws with ``np.random.randint``).
+
+Work is shared across samples: each RDM is ranked once, a subject bootstrap reuses the subjects' model
+comparisons (a sample only reweights them) and, for the rank methods, the pooled RDMs of the noise ceiling
+(a sample of S subjects has few distinct pools); for Pearson, R^2 and cosine the noise ceiling of any
+subject sample follows from one S x S matrix of the subjects' comparisons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+import scipy.stats
+import torch
+
+from pozfast.ops import ranks
+from pozfast.rdm_sets import LINEAR_METHODS, PreparedSet, as_rdm_stack, check_method, compare_prepared, kept_pairs
+from pozfast.rows import n_items
+from pozfast.validate import positive_int, real
+
+BOOTS = ("rdm", "pattern", "both")
+ALTERNATIVES = ("greater", "less", "two-sided")
+_MIN_PATTERNS = 3  # rsatoolbox evaluates a stimulus sample only with at least 3 distinct stimuli
+
+
+def _rng(seed: Any) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise TypeError(f"seed must be None, an int or a numpy Generator, got {type(seed).__name__}")
+    return np.random.default_rng(seed)
+
+
+def _progress(iterable, total: int, enabled: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, disable=not enabled, desc=desc)
+
+
+# Noise ceiling ---------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class NoiseCeiling:
+    """Bounds on the comparison that the true model could reach, given the subjects' disagreement.
+
+    ``lower``: mean over subjects of the comparison of each subject's RDM with the pool of the others
+    (leave one out); ``upper``: the same with the pool of all. The pool is the RDM that scores best under
+    the method: the mean of z-scored RDMs (Pearson, R^2), of RMS-normalised RDMs (cosine), of ranks
+    (Spearman, tau-a), as rsatoolbox's ``pool_rdm``. ``lower_per_rdm`` and ``upper_per_rdm`` hold the
+    per-subject values (S,).
+    """
+
+    method: str
+    lower: float
+    upper: float
+    lower_per_rdm: np.ndarray
+    upper_per_rdm: np.ndarray
+
+
+class _Ceiling:
+    """The noise ceiling of a set of subject RDMs under subject weights (how many times each subject is in a
+    bootstrap sample), as rsatoolbox's ``boot_noise_ceiling``: folds over the distinct subjects present, the
+    pools weighted by the counts."""
+
+    def __init__(self, data: PreparedSet):
+        self.data, self.method = data, data.method
+        if self.method in LINEAR_METHODS and self.method != "spearman":
+            # Pools are weighted sums of the unit rows: every comparison with one follows from the Gram matrix.
+            self.gram = data.unit @ data.unit.T
+        else:
+            self._pooled: dict[tuple[int, ...], Any] = {}
+
+    def per_rdm(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (B, S), for a (B, S) batch of subject weights; NaN where a weight is 0."""
+        weights = np.asarray(weights, dtype=np.float64)
+        if self.method in LINEAR_METHODS and self.method != "spearman":
+            lower, upper = self._linear(weights)
+        else:
+            lower, upper = np.full(weights.shape, np.nan), np.full(weights.shape, np.nan)
+            for b, w in enumerate(weights):
+                for u in np.flatnonzero(w):
+                    upper[b, u] = self._compare_pool(w, u)
+                    left = w.copy()
+                    left[u] = 0
+                    lower[b, u] = self._compare_pool(left, u) if left.any() else upper[b, u]
+        if self.method == "r2":
+            lower, upper = lower * lower, upper * upper
+        return lower, upper
+
+    def bounds(self, weights: np.ndarray) -> np.ndarray:
+        """(B, 2): the lower and upper bound for each row of subject weights."""
+        lower, upper = self.per_rdm(weights)
+        return np.stack([np.nanmean(lower, axis=1), np.nanmean(upper, axis=1)], axis=1)
+
+    def _linear(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = self.gram
+        diag = np.diag(g)
+        num = weights @ g  # (B, S): sum_t w_t g_tu, the pool's inner product with subject u
+        total = np.einsum("bs,bs->b", num, weights)[:, None]  # squared norm of the pool
+        with np.errstate(invalid="ignore", divide="ignore"):
+            upper = num / np.sqrt(total)
+            loo_num = num - weights * diag
+            loo_sq = total - 2 * weights * num + weights * weights * diag
+            lower = loo_num / np.sqrt(loo_sq)
+        present = weights > 0
+        single = present.sum(axis=1) == 1  # one distinct subject: rsatoolbox pools it with itself
+        lower[single] = upper[single]
+        lower[~present] = np.nan
+        upper[~present] = np.nan
+        return lower, upper
+
+    def _compare_pool(self, weights: np.ndarray, u: int) -> float:
+        """The comparison of subject u with the rank pool of the weighted subjects (cached by pool)."""
+        w = weights.astype(np.int64)
+        key = tuple((w // math.gcd(*w.tolist())).tolist())  # a pool's ranks do not change with its scale
+        pooled = self._pooled.get(key)
+        if pooled is None:
+            ranks2 = np.stack([r.ranks2 for r in self.data.rankings]).astype(np.float64)
+            pool = ranks.rank(np.asarray(key, dtype=np.float64) @ ranks2)  # exact integers
+            if self.method == "spearman":
+                unit = pool.centred()
+                norm = np.linalg.norm(unit)
+                pooled = (self.data.unit @ (unit / norm)) if norm > 0 else np.full(len(self.data), np.nan)
+            else:
+                pooled = {"ranking": pool}
+            self._pooled[key] = pooled
+        if self.method == "spearman":
+            return float(pooled[u])
+        if u not in pooled:
+            pooled[u] = ranks.tau_a_from_ranking(pooled["ranking"], self.data.values[u])
+        return pooled[u]
+
+
+def noise_ceiling(rdms: Any, method: str = "pearson", *, kind: str = "dissimilarity") -> NoiseCeiling:
+    """The noise ceiling of a set of subject RDMs, as ``rsatoolbox.inference.boot_noise_ceiling``.
+
+    Args:
+        rdms: the subjects' RDMs (an (S, P) stack of condensed vectors or an (S, N, N) stack of squares).
+        method: comparison method (``"pearson"``, ``"r2"``, ``"spearman"``, ``"kendall_tau_a"``,
+            ``"cosine"``).
+        kind: ``"dissimilarity"`` or ``"similarity"``.
+    With one subject both bounds are its comparison with itself, as rsatoolbox computes them.
+    """
+    check_method(method)
+    data = as_rdm_stack(rdms, "rdms", kind)
+    data = np.ascontiguousarray(data[:, kept_pairs(data)])
+    lower, upper = _Ceiling(PreparedSet(data, method)).per_rdm(np.ones((1, len(data))))
+    return NoiseCeiling(method, float(np.mean(lower)), float(np.mean(upper)), lower[0], upper[0])
+
+
+# Bootstrap -------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class BootstrapResult:
+    """Bootstrap evaluation of model RDMs against subject RDMs.
+
+    ``evaluations`` (M,): each model's comparison with the data, averaged over subjects. ``samples``
+    (n_samples, M): the same on each bootstrap sample (NaN rows: stimulus samples with fewer than 3
+    distinct stimuli, which rsatoolbox skips too). ``noise_ceiling`` on the full data and
+    ``noise_ceiling_samples`` (n_samples, 2: lower, upper) on each sample. ``mean`` and ``se`` are
+    rsatoolbox's ``get_means`` and ``get_sem`` (the bootstrap standard deviation scaled by n / (n - 1) in
+    variance, n the number of subjects, stimuli or the smaller of both); ``ci`` (2, M) the percentile
+    interval at ``ci_level``; ``p_zero`` (M,) rsatoolbox's one-sided t-test of each model against 0 and
+    ``p_pairwise`` (M, M) its two-sided t-tests of model differences, with ``dof`` degrees of freedom.
+    ``rdm_samples`` (n_samples, S) and ``pattern_samples`` (n_samples, N) are the draws (None for the
+    dimension not resampled).
+    """
+
+    method: str
+    boot: str
+    evaluations: np.ndarray
+    samples: np.ndarray
+    noise_ceiling: NoiseCeiling
+    noise_ceiling_samples: np.ndarray
+    mean: np.ndarray
+    se: np.ndarray
+    ci: np.ndarray
+    ci_level: float
+    p_zero: np.ndarray
+    p_pairwise: np.ndarray
+    dof: int
+    rdm_samples: np.ndarray | None
+    pattern_samples: np.ndarray | None
+
+
+def eval_bootstrap(models: Any, data: Any, method: str = "pearson", *, boot: str = "rdm", n_samples: int = 1000,
+                   seed: Any = None, samples: Any = None, ci_level: float = 0.95, progress: bool = False,
+                   models_kind: str = "dissimilarity", data_kind: str = "dissimilarity") -> BootstrapResult:
+    """Evaluate fixed model RDMs against subject RDMs with a bootstrap: over subjects (``boot="rdm"``,
+    rsatoolbox's ``eval_bootstrap_rdm``), over stimuli (``"pattern"``, ``eval_bootstrap_pattern``) or
+    both (``"both"``, ``eval_bootstrap``), with the noise ceiling on every sample.
+
+    Args:
+        models: (M, P) stack of model RDMs (or one condensed vector, or (M, N, N) squares).
+        data: (S, P) stack of the subjects' RDMs of the same N stimuli.
+        method: comparison method (see :func:`pozfast.compare_rdms`).
+        boot: what is resampled with replacement: ``"rdm"`` (subjects), ``"pattern"`` (stimuli: the RDMs
+            are reindexed, pairs of a stimulus with its own copy dropped) or ``"both"``.
+        n_samples: number of bootstrap samples.
+        seed: None, an int or a numpy Generator.
+        samples: the draws to use instead of random ones: an (n_samples, S) int array of subject indices
+            for ``"rdm"``, (n_samples, N) stimulus indices for ``"pattern"``, a pair of both for ``"both"``.
+        ci_level: coverage of the percentile interval ``ci``, in (0, 1).
+        progress: tqdm bar over samples.
+        models_kind, data_kind: ``"dissimilarity"`` or ``"similarity"``.
+    """
+    check_method(method)
+    if boot not in BOOTS:
+        raise ValueError(f"boot must be one of {BOOTS}, got {boot!r}")
+    ci_level = real(ci_level, "ci_level", low=0, high=1, low_open=True, high_open=True)
+    model_rdms, data_rdms = as_rdm_stack(models, "models", models_kind), as_rdm_stack(data, "data", data_kind)
+    if model_rdms.shape[1] != data_rdms.shape[1]:
+        raise ValueError(f"models and data are RDMs of different N: {n_items(model_rdms.shape[1], 'models')} vs "
+                         f"{n_items(data_rdms.shape[1], 'data')} stimuli")
+    n_stimuli, n_subjects = n_items(data_rdms.shape[1], "data"), len(data_rdms)
+    rdm_samples, pattern_samples = _draws(boot, samples, n_samples, n_subjects, n_stimuli, _rng(seed))
+    n_drawn = len(rdm_samples if rdm_samples is not None else pattern_samples)
+    keep = kept_pairs(model_rdms, data_rdms)
+    model_rdms = np.ascontiguousarray(model_rdms[:, keep])
+    data_rdms = np.ascontiguousarray(data_rdms[:, keep])
+    full = _Evaluation(model_rdms, data_rdms, method)
+    ones = np.ones((1, n_subjects))
+    if boot == "rdm":
+        counts = _counts(rdm_samples, n_subjects)
+        values = counts @ full.evaluations.T / n_subjects
+        ceiling = full.ceiling.bounds(counts) if method in LINEAR_METHODS and method != "spearman" else \
+            np.concatenate([full.ceiling.bounds(c[None]) for c in
+                            _progress(counts, n_drawn, progress, "bootstrap over subjects")])
+    else:
+        values = np.full((n_drawn, len(model_rdms)), np.nan)
+        ceiling = np.full((n_drawn, 2), np.nan)
+        pair_i, pair_j = _pair_items(n_stimuli, keep)
+        for b in _progress(range(n_drawn), n_drawn, progress, "bootstrap over stimuli"):
+            stimuli = np.bincount(pattern_samples[b], minlength=n_stimuli)
+            if np.count_nonzero(stimuli) < _MIN_PATTERNS:
+                continue
+            repeats = stimuli[pair_i] * stimuli[pair_j]  # a pair appears once per pair of copies
+            sample = _Evaluation(np.repeat(model_rdms, repeats, axis=1), np.repeat(data_rdms, repeats, axis=1),
+                                 method)
+            weights = ones if rdm_samples is None else _counts(rdm_samples[b:b + 1], n_subjects)
+            values[b] = weights @ sample.evaluations.T / n_subjects
+            ceiling[b] = sample.ceiling.bounds(weights)[0]
+    lower, upper = full.ceiling.per_rdm(ones)
+    nc = NoiseCeiling(method, float(np.mean(lower)), float(np.mean(upper)), lower[0], upper[0])
+    n_scale = {"rdm": n_subjects, "pattern": n_stimuli, "both": min(n_subjects, n_stimuli)}[boot]
+    return _result(method, boot, full.evaluations.mean(axis=1), values, nc, ceiling, n_scale, ci_level,
+                   rdm_samples, pattern_samples)
+
+
+class _Evaluation:
+    """Models against subjects on one set of pairs: the (M, S) comparisons and the subjects' ceiling."""
+
+    def __init__(self, models: np.ndarray, data: np.ndarray, method: str):
+        prepared = PreparedSet(data, method)
+        self.evaluations = compare_prepared(PreparedSet(models, method), prepared)
+        self.ceiling = _Ceiling(prepared)
+
+
+def _draws(boot: str, samples: Any, n_samples: int, n_subjects: int, n_stimuli: int,
+           rng: np.random.Generator) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(subject draws, stimulus draws) for ``boot``, given or drawn; None for a dimension not resampled."""
+    if samples is None:
+        n_samples = positive_int(n_samples, "n_samples")
+        rdm = rng.integers(0, n_subjects, (n_samples, n_subjects)) if boot in ("rdm", "both") else None
+        pattern = rng.integers(0, n_stimuli, (n_samples, n_stimuli)) if boot in ("pattern", "both") else None
+        return rdm, pattern
+    if boot == "both":
+        if not isinstance(samples, (tuple, list)) or len(samples) != 2:
+            raise TypeError("samples for boot='both' must be a pair (subject draws, stimulus draws)")
+        rdm, pattern = (_index_array(samples[0], "samples[0]", n_subjects),
+                        _index_array(samples[1], "samples[1]", n_stimuli))
+        if len(rdm) != len(pattern):
+            raise ValueError(f"samples[0] and samples[1] differ in number of samples: {len(rdm)} vs {len(pattern)}")
+        return rdm, pattern
+    if boot == "rdm":
+        return _index_array(samples, "samples", n_subjects), None
+    return None, _index_array(samples, "samples", n_stimuli)
+
+
+def _index_array(a: Any, name: str, size: int) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] != size or a.dtype.kind not in "iu":
+        raise ValueError(f"{name} must be an (n_samples, {size}) array of integer indices, got "
+                         f"{a.dtype} of shape {a.shape}")
+    if a.min() < 0 or a.max() >= size:
+        raise ValueError(f"{name} must hold indices in [0, {size}), got values in [{a.min()}, {a.max()}]")
+    return a.astype(np.int64)
+
+
+def _counts(draws: np.ndarray, size: int) -> np.ndarray:
+    """(B, size) float64: how many times each index is in each row of draws."""
+    counts = np.zeros((len(draws), size))
+    np.add.at(counts, (np.repeat(np.arange(len(draws)), draws.shape[1]), draws.ravel()), 1)
+    return counts
+
+
+def _pair_items(n: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two stimuli of each kept pair, in condensed order."""
+    i, j = np.triu_indices(n, 1)
+    return i[keep], j[keep]
+
+
+def _result(method: str, boot: str, evaluations: np.ndarray, values: np.ndarray, nc: NoiseCeiling,
+            ceiling: np.ndarray, n_scale: int, ci_level: float, rdm_samples, pattern_samples) -> BootstrapResult:
+    ok = ~np.isnan(values).any(axis=1)
+    valid = values[ok]
+    n_models = values.shape[1]
+    correction = n_scale / (n_scale - 1) if n_scale > 1 else math.nan
+    if len(valid) > 1:
+        cov = np.atleast_2d(np.cov(valid, rowvar=False)) * correction
+        mean = valid.mean(axis=0)
+        tail = (1 - ci_level) / 2
+        ci = np.quantile(valid, [tail, 1 - tail], axis=0)
+    else:
+        cov = np.full((n_models, n_models), np.nan)
+        mean = valid.mean(axis=0) if len(valid) else np.full(n_models, np.nan)
+        ci = np.full((2, n_models), np.nan)
+    dof = n_scale - 1
+    eps = np.finfo(float).eps
+    se = np.sqrt(np.maximum(np.diag(cov), 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_zero = 1 - scipy.stats.t.cdf(mean / np.sqrt(np.maximum(np.diag(cov), eps)), dof)
+        diff_var = np.diag(cov)[:, None] + np.diag(cov)[None, :] - 2 * cov
+        t = (mean[:, None] - mean[None, :]) / np.sqrt(np.maximum(diff_var, eps))
+        p_pairwise = 2 * (1 - scipy.stats.t.cdf(np.abs(t), dof))
+    np.fill_diagonal(p_pairwise, 1.0)
+    return BootstrapResult(method, boot, evaluations, values, nc, ceiling, mean, se, ci, ci_level, p_zero,
+                           p_pairwise, dof, rdm_samples, pattern_samples)
+
+
+# Permutation test ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PermutationTest:
+    """A permutation test of one RDM comparison: ``value`` on the data, ``null`` (n_permutations,) with the
+    stimulus labels of ``b`` permuted, and ``p_value`` = (1 + number of null values at least as extreme) /
+    (1 + n_permutations) for the ``alternative`` hypothesis. ``n_pairs``: pairs compared (NaN pairs
+    dropped)."""
+
+    method: str
+    value: float
+    null: np.ndarray
+    p_value: float
+    alternative: str
+    n_pairs: int
+
+
+def permutation_test(a: Any, b: Any, method: str = "pearson", *, n_permutations: int = 1000, seed: Any = None,
+                     alternative: str = "greater", progress: bool = False, a_kind: str = "dissimilarity",
+                     b_kind: str = "dissimilarity") -> PermutationTest:
+    """Test whether two RDMs of the same N stimuli agree more than chance: compare ``a`` with ``b`` whose
+    stimulus labels are permuted at random (rows and columns of its square form together).
+
+    Permuting labels only reorders ``b``'s pairs, so each permutation reindexes ``b`` (and its ranks) and
+    takes an inner product, or for tau-a counts discordant pairs against ``a``'s ranking, which is made
+    once. Pairs NaN in ``a`` or ``b`` are dropped for each permutation.
+    """
+    check_method(method)
+    if alternative not in ALTERNATIVES:
+        raise ValueError(f"alternative must be one of {ALTERNATIVES}, got {alternative!r}")
+    n_permutations = positive_int(n_permutations, "n_permutations")
+    va, vb = as_rdm_stack(a, "a", a_kind), as_rdm_stack(b, "b", b_kind)
+    if len(va) != 1 or len(vb) != 1:
+        raise ValueError(f"a and b must be single RDMs, got {len(va)} and {len(vb)}")
+    va, vb = va[0], vb[0]
+    if len(va) != len(vb):
+        raise ValueError(f"a and b are RDMs of different N: {n_items(len(va), 'a')} vs {n_items(len(vb), 'b')} stimuli")
+    n = n_items(len(va), "a")
+    rng = _rng(seed)
+    i, j = np.triu_indices(n, 1)
+    observed = _compare_one(va, vb, method)
+    null = np.empty(n_permutations)
+    if np.isnan(va).any() or np.isnan(vb).any():
+        for k in _progress(range(n_permutations), n_permutations, progress, "permutations"):
+            null[k] = _compare_one(va, vb[_permuted_pairs(rng.permutation(n), i, j, n)], method)
+    else:
+        prep_a, prep_b = PreparedSet(va[None], method), PreparedSet(vb[None], method)
+        for k in _progress(range(n_permutations), n_permutations, progress, "permutations"):
+            index = _permuted_pairs(rng.permutation(n), i, j, n)
+            if method == "kendall_tau_a":
+                null[k] = ranks.tau_a_from_ranking(prep_a.rankings[0], vb[index])
+            else:
+                r = float(prep_a.unit[0] @ prep_b.unit[0][index])
+                null[k] = r * r if method == "r2" else r
+    if alternative == "greater":
+        extreme = null >= observed
+    elif alternative == "less":
+        extreme = null <= observed
+    else:
+        extreme = np.abs(null) >= abs(observed)
+    kept = int((~(np.isnan(va) | np.isnan(vb))).sum())
+    return PermutationTest(method, observed, null, float((1 + extreme.sum()) / (1 + n_permutations)), alternative,
+                           kept)
+
+
+def _compare_one(a: np.ndarray, b: np.ndarray, method: str) -> float:
+    keep = ~(np.isnan(a) | np.isnan(b))
+    x, y = np.ascontiguousarray(a[keep])[None], np.ascontiguousarray(b[keep])[None]
+    return float(compare_prepared(PreparedSet(x, method), PreparedSet(y, method))[0, 0])
+
+
+def _permuted_pairs(perm: np.ndarray, i: np.ndarray, j: np.ndarray, n: int) -> np.ndarray:
+    """For each pair (i, j) in condensed order, the condensed index of pair (perm[i], perm[j])."""
+    pi, pj = perm[i], perm[j]
+    lo, hi = np.minimum(pi, pj), np.maximum(pi, pj)
+    return lo * n - lo * (lo + 1) // 2 + (hi - lo - 1)
