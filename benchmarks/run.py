@@ -26,6 +26,7 @@ BENCHMARKS = {
     "relu_count": "fused ReLU + zero count vs torch.relu, the usual APoZ code and copy bandwidth",
     "apoz": "APoZ of a VGG-style CNN vs a plain forward and forward hooks",
     "rdm": "RDMs, insertion curves and streaming similarity vs torch, rsatoolbox and scipy",
+    "rsa": "an RSA study (RDM sets, noise ceiling, bootstrap) vs rsatoolbox; Spearman and tau-a vs scipy",
     "trim": "one trimming round of the digits CNN, 1 process vs 2 gloo processes",
     "gpu": "GPU kernels (CUDA, Triton) against the device's copy bandwidth and matmul rate; needs a GPU",
 }

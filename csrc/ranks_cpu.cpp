@@ -35,6 +35,9 @@ namespace {
 // Each chunk of a parallel loop holds at least this many elements; each thread gets about kChunksPerThread.
 constexpr int64_t kGrain = int64_t(1) << 15;
 constexpr int64_t kChunksPerThread = 4;
+// Loops over fewer elements run on the calling thread alone: waking another thread costs tens of
+// microseconds on an idle machine and milliseconds on a busy one, more than such a loop takes.
+constexpr int64_t kParallelMin = int64_t(1) << 18;
 // Ranges above this length are split with 11-bit digits (histograms of 2^11 bins per chunk, in L1),
 // in parallel chunks; shorter ones, which fit in L2, on one thread with digits of about log2(length) - 1
 // bits, so that a split costs about as much as a pass over the range.
@@ -51,7 +54,8 @@ constexpr int kInvBuckets = 1 << kInvBits;
 struct Chunks {
   int64_t n, count, size;
   Chunks(int64_t n_, int threads) : n(n_) {
-    const int64_t wanted = std::max<int64_t>(1, std::min<int64_t>(n / kGrain, int64_t(threads) * kChunksPerThread));
+    const int64_t wanted =
+        n < kParallelMin ? 1 : std::max<int64_t>(1, std::min<int64_t>(n / kGrain, int64_t(threads) * kChunksPerThread));
     size = std::max<int64_t>(1, (n + wanted - 1) / wanted);
     count = n ? (n + size - 1) / size : 0;
   }
@@ -76,6 +80,7 @@ void parallel_chunks(const Chunks& chunks, int threads, const Body& body) {
 template <typename Visit>
 void visit_buckets(const std::vector<int64_t>& starts, int threads, const Visit& visit) {
   const int64_t buckets = static_cast<int64_t>(starts.size()) - 1;
+  if (starts.back() - starts.front() < kParallelMin) threads = 1;
   const int64_t share = threads > 1 ? (starts.back() - starts.front()) / (2 * int64_t(threads))
                                     : std::numeric_limits<int64_t>::max();
   std::vector<int64_t> rest;

@@ -26,13 +26,15 @@ import scipy.stats
 import torch
 
 from pozfast.ops import ranks
-from pozfast.rdm_sets import LINEAR_METHODS, PreparedSet, as_rdm_stack, check_method, compare_prepared, kept_pairs
+from pozfast.rdm_sets import (LINEAR_METHODS, PreparedSet, as_rdm_stack, check_method, compare_prepared, drop_missing,
+                              kept_pairs)
 from pozfast.rows import n_items
 from pozfast.validate import positive_int, real
 
 BOOTS = ("rdm", "pattern", "both")
 ALTERNATIVES = ("greater", "less", "two-sided")
 _MIN_PATTERNS = 3  # rsatoolbox evaluates a stimulus sample only with at least 3 distinct stimuli
+_BATCH_ELEMENTS = 1 << 23  # elements of the per-batch index and gather arrays (64 MiB each)
 
 
 def _rng(seed: Any) -> np.random.Generator:
@@ -81,12 +83,13 @@ class _Ceiling:
             self.gram = data.unit @ data.unit.T
         else:
             self._pooled: dict[tuple[int, ...], Any] = {}
+            self._ranks2 = np.stack([r.ranks2 for r in data.rankings]).astype(np.float64)  # pools: exact sums
 
     def per_rdm(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (B, S), for a (B, S) batch of subject weights; NaN where a weight is 0."""
         weights = np.asarray(weights, dtype=np.float64)
         if self.method in LINEAR_METHODS and self.method != "spearman":
-            lower, upper = self._linear(weights)
+            lower, upper = linear_ceiling(self.gram[None], weights)
         else:
             lower, upper = np.full(weights.shape, np.nan), np.full(weights.shape, np.nan)
             for b, w in enumerate(weights):
@@ -101,25 +104,7 @@ class _Ceiling:
 
     def bounds(self, weights: np.ndarray) -> np.ndarray:
         """(B, 2): the lower and upper bound for each row of subject weights."""
-        lower, upper = self.per_rdm(weights)
-        return np.stack([np.nanmean(lower, axis=1), np.nanmean(upper, axis=1)], axis=1)
-
-    def _linear(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = self.gram
-        diag = np.diag(g)
-        num = weights @ g  # (B, S): sum_t w_t g_tu, the pool's inner product with subject u
-        total = np.einsum("bs,bs->b", num, weights)[:, None]  # squared norm of the pool
-        with np.errstate(invalid="ignore", divide="ignore"):
-            upper = num / np.sqrt(total)
-            loo_num = num - weights * diag
-            loo_sq = total - 2 * weights * num + weights * weights * diag
-            lower = loo_num / np.sqrt(loo_sq)
-        present = weights > 0
-        single = present.sum(axis=1) == 1  # one distinct subject: rsatoolbox pools it with itself
-        lower[single] = upper[single]
-        lower[~present] = np.nan
-        upper[~present] = np.nan
-        return lower, upper
+        return _mean_bounds(*self.per_rdm(weights))
 
     def _compare_pool(self, weights: np.ndarray, u: int) -> float:
         """The comparison of subject u with the rank pool of the weighted subjects (cached by pool)."""
@@ -127,8 +112,7 @@ class _Ceiling:
         key = tuple((w // math.gcd(*w.tolist())).tolist())  # a pool's ranks do not change with its scale
         pooled = self._pooled.get(key)
         if pooled is None:
-            ranks2 = np.stack([r.ranks2 for r in self.data.rankings]).astype(np.float64)
-            pool = ranks.rank(np.asarray(key, dtype=np.float64) @ ranks2)  # exact integers
+            pool = ranks.rank(np.asarray(key, dtype=np.float64) @ self._ranks2)
             if self.method == "spearman":
                 unit = pool.centred()
                 norm = np.linalg.norm(unit)
@@ -143,6 +127,32 @@ class _Ceiling:
         return pooled[u]
 
 
+def _mean_bounds(lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+    """(B, 2): the per-subject bounds averaged over the subjects present."""
+    return np.stack([np.nanmean(lower, axis=1), np.nanmean(upper, axis=1)], axis=1)
+
+
+def linear_ceiling(gram: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-subject (lower, upper), each (B, S), of the noise ceiling of a linear method, from the subjects'
+    (B or 1, S, S) matrix of comparisons (inner products of unit rows) and (B, S) subject weights.
+
+    A pool is the weighted sum of the subjects' unit rows, so its comparison with subject u is
+    (sum_t w_t g_tu) / sqrt(w' g w), and leaving u out subtracts u's terms.
+    """
+    diag = np.diagonal(gram, axis1=1, axis2=2)
+    num = np.einsum("bs,bst->bt", weights, np.broadcast_to(gram, (len(weights),) + gram.shape[1:]))
+    total = np.einsum("bs,bs->b", num, weights)[:, None]  # squared norm of the pool
+    with np.errstate(invalid="ignore", divide="ignore"):
+        upper = num / np.sqrt(total)
+        loo_sq = total - 2 * weights * num + weights * weights * diag
+        lower = (num - weights * diag) / np.sqrt(loo_sq)
+    present = weights > 0
+    single = present.sum(axis=1) == 1  # one distinct subject: rsatoolbox pools it with itself
+    lower[single] = upper[single]
+    lower[~present] = np.nan
+    upper[~present] = np.nan
+    return lower, upper
+
 def noise_ceiling(rdms: Any, method: str = "pearson", *, kind: str = "dissimilarity") -> NoiseCeiling:
     """The noise ceiling of a set of subject RDMs, as ``rsatoolbox.inference.boot_noise_ceiling``.
 
@@ -154,8 +164,7 @@ def noise_ceiling(rdms: Any, method: str = "pearson", *, kind: str = "dissimilar
     With one subject both bounds are its comparison with itself, as rsatoolbox computes them.
     """
     check_method(method)
-    data = as_rdm_stack(rdms, "rdms", kind)
-    data = np.ascontiguousarray(data[:, kept_pairs(data)])
+    (data,) = drop_missing(as_rdm_stack(rdms, "rdms", kind))
     lower, upper = _Ceiling(PreparedSet(data, method)).per_rdm(np.ones((1, len(data))))
     return NoiseCeiling(method, float(np.mean(lower)), float(np.mean(upper)), lower[0], upper[0])
 
@@ -228,8 +237,7 @@ def eval_bootstrap(models: Any, data: Any, method: str = "pearson", *, boot: str
     rdm_samples, pattern_samples = _draws(boot, samples, n_samples, n_subjects, n_stimuli, _rng(seed))
     n_drawn = len(rdm_samples if rdm_samples is not None else pattern_samples)
     keep = kept_pairs(model_rdms, data_rdms)
-    model_rdms = np.ascontiguousarray(model_rdms[:, keep])
-    data_rdms = np.ascontiguousarray(data_rdms[:, keep])
+    model_rdms, data_rdms = drop_missing(model_rdms, data_rdms)
     full = _Evaluation(model_rdms, data_rdms, method)
     ones = np.ones((1, n_subjects))
     if boot == "rdm":
@@ -239,19 +247,27 @@ def eval_bootstrap(models: Any, data: Any, method: str = "pearson", *, boot: str
             np.concatenate([full.ceiling.bounds(c[None]) for c in
                             _progress(counts, n_drawn, progress, "bootstrap over subjects")])
     else:
+        stimuli = _counts(pattern_samples, n_stimuli)
+        usable = np.flatnonzero(np.count_nonzero(stimuli, axis=1) >= _MIN_PATTERNS)  # rsatoolbox skips the rest
+        weights = np.ones((n_drawn, n_subjects)) if rdm_samples is None else _counts(rdm_samples, n_subjects)
         values = np.full((n_drawn, len(model_rdms)), np.nan)
         ceiling = np.full((n_drawn, 2), np.nan)
         pair_i, pair_j = _pair_items(n_stimuli, keep)
-        for b in _progress(range(n_drawn), n_drawn, progress, "bootstrap over stimuli"):
-            stimuli = np.bincount(pattern_samples[b], minlength=n_stimuli)
-            if np.count_nonzero(stimuli) < _MIN_PATTERNS:
-                continue
-            repeats = stimuli[pair_i] * stimuli[pair_j]  # a pair appears once per pair of copies
-            sample = _Evaluation(np.repeat(model_rdms, repeats, axis=1), np.repeat(data_rdms, repeats, axis=1),
-                                 method)
-            weights = ones if rdm_samples is None else _counts(rdm_samples[b:b + 1], n_subjects)
-            values[b] = weights @ sample.evaluations.T / n_subjects
-            ceiling[b] = sample.ceiling.bounds(weights)[0]
+        if method in LINEAR_METHODS and method != "spearman":
+            m = len(model_rdms)
+            sims = _weighted_comparisons(np.concatenate([model_rdms, data_rdms]), stimuli[usable], pair_i, pair_j,
+                                         method, progress)
+            evals = sims[:, :m, m:] ** 2 if method == "r2" else sims[:, :m, m:]
+            values[usable] = np.einsum("bs,bms->bm", weights[usable], evals) / n_subjects
+            lower, upper = linear_ceiling(sims[:, m:, m:], weights[usable])
+            ceiling[usable] = _mean_bounds(*((lower * lower, upper * upper) if method == "r2" else (lower, upper)))
+        else:
+            for b in _progress(usable, len(usable), progress, "bootstrap over stimuli"):
+                repeats = (stimuli[b, pair_i] * stimuli[b, pair_j]).astype(np.int64)  # once per pair of copies
+                sample = _Evaluation(np.repeat(model_rdms, repeats, axis=1), np.repeat(data_rdms, repeats, axis=1),
+                                     method)
+                values[b] = weights[b] @ sample.evaluations.T / n_subjects
+                ceiling[b] = sample.ceiling.bounds(weights[b:b + 1])[0]
     lower, upper = full.ceiling.per_rdm(ones)
     nc = NoiseCeiling(method, float(np.mean(lower)), float(np.mean(upper)), lower[0], upper[0])
     n_scale = {"rdm": n_subjects, "pattern": n_stimuli, "both": min(n_subjects, n_stimuli)}[boot]
@@ -266,6 +282,44 @@ class _Evaluation:
         prepared = PreparedSet(data, method)
         self.evaluations = compare_prepared(PreparedSet(models, method), prepared)
         self.ceiling = _Ceiling(prepared)
+
+
+def _weighted_comparisons(rdms: np.ndarray, stimuli: np.ndarray, pair_i: np.ndarray, pair_j: np.ndarray,
+                          method: str, progress: bool) -> np.ndarray:
+    """(B, K, K) Pearson (for Pearson and R^2) or cosine comparisons between the K RDMs on each of B stimulus
+    samples, without building the samples' RDMs.
+
+    A stimulus sample holds pair (i, j) c_i c_j times (c: how many times each stimulus was drawn), so its
+    comparisons follow from the weighted sums over the original pairs of every product of two RDMs, of
+    every RDM and of the weights: one matrix product of the (B, P) weights with those (K^2 + K + 1, P) rows,
+    in blocks of pairs and samples. Pearson rows are centred first, so that the centred sums do not cancel.
+    """
+    v = torch.from_numpy(rdms - rdms.mean(axis=1, keepdims=True) if method != "cosine" else rdms)
+    k, n_pairs = v.shape
+    counts = torch.from_numpy(stimuli)
+    pi, pj = torch.from_numpy(pair_i), torch.from_numpy(pair_j)
+    sums = torch.zeros((len(stimuli), k * k + k + 1), dtype=torch.float64)
+    block = max(1, _BATCH_ELEMENTS // (k * k + k + 1))
+    samples_block = max(1, _BATCH_ELEMENTS // block)
+    starts = range(0, n_pairs, block)
+    for lo in _progress(starts, len(starts), progress, "bootstrap over stimuli (pair blocks)"):
+        hi = min(lo + block, n_pairs)
+        part = v[:, lo:hi]
+        rows = torch.cat([(part[:, None] * part[None]).reshape(k * k, -1), part, torch.ones((1, hi - lo),
+                                                                                          dtype=torch.float64)])
+        for b in range(0, len(stimuli), samples_block):
+            c = counts[b:b + samples_block]
+            sums[b:b + samples_block] += (c[:, pi[lo:hi]] * c[:, pj[lo:hi]]) @ rows.T
+    sums = sums.numpy()
+    gram = sums[:, :k * k].reshape(-1, k, k)
+    if method != "cosine":
+        totals = sums[:, k * k:k * k + k]
+        gram = gram - totals[:, :, None] * totals[:, None, :] / sums[:, -1, None, None]
+    norms = np.sqrt(np.maximum(np.diagonal(gram, axis1=1, axis2=2), 0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sims = gram / (norms[:, :, None] * norms[:, None, :])
+    sims[~np.isfinite(sims)] = np.nan  # an RDM constant on the sample
+    return np.clip(sims, -1.0, 1.0)
 
 
 def _draws(boot: str, samples: Any, n_samples: int, n_subjects: int, n_stimuli: int,
@@ -385,15 +439,20 @@ def permutation_test(a: Any, b: Any, method: str = "pearson", *, n_permutations:
     if np.isnan(va).any() or np.isnan(vb).any():
         for k in _progress(range(n_permutations), n_permutations, progress, "permutations"):
             null[k] = _compare_one(va, vb[_permuted_pairs(rng.permutation(n), i, j, n)], method)
-    else:
-        prep_a, prep_b = PreparedSet(va[None], method), PreparedSet(vb[None], method)
+    elif method == "kendall_tau_a":
+        ranking = PreparedSet(va[None], method).rankings[0]
         for k in _progress(range(n_permutations), n_permutations, progress, "permutations"):
-            index = _permuted_pairs(rng.permutation(n), i, j, n)
-            if method == "kendall_tau_a":
-                null[k] = ranks.tau_a_from_ranking(prep_a.rankings[0], vb[index])
-            else:
-                r = float(prep_a.unit[0] @ prep_b.unit[0][index])
-                null[k] = r * r if method == "r2" else r
+            null[k] = ranks.tau_a_from_ranking(ranking, vb[_permuted_pairs(rng.permutation(n), i, j, n)])
+    else:  # batches of permutations: one gather and one matrix-vector product each
+        unit_a = torch.from_numpy(PreparedSet(va[None], method).unit[0])
+        unit_b = torch.from_numpy(PreparedSet(vb[None], method).unit[0])
+        batch = max(1, _BATCH_ELEMENTS // len(va))
+        starts = range(0, n_permutations, batch)
+        for start in _progress(starts, len(starts), progress, "permutations"):
+            stop = min(start + batch, n_permutations)
+            index = np.stack([_permuted_pairs(rng.permutation(n), i, j, n) for _ in range(start, stop)])
+            r = (unit_b[torch.from_numpy(index)] @ unit_a).numpy()
+            null[start:stop] = r * r if method == "r2" else r
     if alternative == "greater":
         extreme = null >= observed
     elif alternative == "less":

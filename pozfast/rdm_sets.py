@@ -61,26 +61,28 @@ def rdm_set(data: Any, *, block: int | None = None, device: str | torch.device |
 
 
 def as_rdm_stack(rdms: Any, name: str = "rdms", kind: str = "dissimilarity") -> np.ndarray:
-    """A float64 (n, P) stack of condensed dissimilarities.
+    """A C-contiguous float64 (n, P) stack of condensed dissimilarities (a view of float64 input).
 
     ``rdms``: a condensed vector (one RDM), an (n, P) stack of condensed vectors, or an (n, N, N) stack of
     symmetric square matrices; tensors or numpy arrays. ``kind="similarity"`` turns s into 1 - s. NaN marks
-    a missing pair; inf is refused.
+    a missing pair; inf is refused. The checks are those of :func:`pozfast.rows.as_condensed`, row by row.
     """
     t = as_tensor(rdms, name)
     if t.dim() == 3:
-        rows = [as_condensed(t[i], f"{name}[{i}]", kind) for i in range(t.shape[0])]
-        stack = torch.stack(rows) if rows else t.new_zeros((0, condensed_length(t.shape[1])), dtype=torch.float64)
-    elif t.dim() in (1, 2):
-        stack = t.reshape(1, -1) if t.dim() == 1 else t
-        if stack.shape[0] == 0:
+        if t.shape[0] == 0:
             raise ValueError(f"{name} must hold at least one RDM, got shape {tuple(t.shape)}")
-        rows = [as_condensed(stack[i], f"{name}[{i}]", kind) for i in range(stack.shape[0])]
-        stack = torch.stack(rows)
-    else:
+        return torch.stack([as_condensed(t[i], f"{name}[{i}]", kind) for i in range(t.shape[0])]).numpy()
+    if t.dim() not in (1, 2) or t.shape[0] == 0:
         raise ValueError(f"{name} must be a condensed vector, an (n, P) stack of condensed vectors or an "
                          f"(n, N, N) stack of square matrices, got shape {tuple(t.shape)}")
-    return stack.numpy()
+    if kind not in ("dissimilarity", "similarity"):
+        raise ValueError(f"{name} kind must be 'dissimilarity' or 'similarity', got {kind!r}")
+    stack = t.reshape(1, -1) if t.dim() == 1 else t
+    n_items(stack.shape[1], name)
+    stack = stack.to(device="cpu", dtype=torch.float64).contiguous()
+    if bool(torch.isinf(stack).any()):
+        raise ValueError(f"{name} contains inf; RDM entries must be finite, or NaN for a missing pair")
+    return (1 - stack if kind == "similarity" else stack).numpy()
 
 
 def check_method(method: str) -> str:
@@ -110,8 +112,12 @@ class PreparedSet:
         return tuple(ranks.rank(v) for v in self.values)
 
     def _rows(self) -> np.ndarray:
-        if self.method == "spearman":
-            return np.stack([r.centred() for r in self.rankings]) if len(self) else self.values.copy()
+        if self.method == "spearman":  # doubled centred ranks: the scale goes with the normalisation
+            rows = np.empty(self.values.shape)
+            for row, ranking in zip(rows, self.rankings):
+                row[:] = ranking.ranks2  # unsigned: converted before the subtraction
+                row -= ranking.n + 1
+            return rows
         if self.method in ("pearson", "r2"):
             return self.values - self.values.mean(axis=1, keepdims=True)
         return self.values.copy()
@@ -146,6 +152,14 @@ def kept_pairs(*stacks: np.ndarray) -> np.ndarray:
     return keep
 
 
+def drop_missing(*stacks: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The stacks restricted to the pairs NaN in none of them (rsatoolbox's rule), C-contiguous."""
+    keep = kept_pairs(*stacks)
+    if keep.all():
+        return stacks
+    return tuple(np.ascontiguousarray(s[:, keep]) for s in stacks)
+
+
 def compare_rdm_sets(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "dissimilarity",
                      b_kind: str = "dissimilarity") -> np.ndarray:
     """Every comparison between two sets of RDMs: the (n_A, n_B) matrix of ``rsatoolbox.rdm.compare``.
@@ -165,8 +179,9 @@ def compare_rdm_sets(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "
     if va.shape[1] != vb.shape[1]:
         raise ValueError(f"a and b are RDMs of different N: {n_items(va.shape[1], 'a')} vs "
                          f"{n_items(vb.shape[1], 'b')} items")
-    keep = kept_pairs(va, vb)
-    va, vb = np.ascontiguousarray(va[:, keep]), np.ascontiguousarray(vb[:, keep])
+    same = a is b and a_kind == b_kind  # one set against itself: prepared once
+    va, vb = drop_missing(va, vb)
     if method == "kendall_tau_a" and len(vb) < len(va):  # tau-a is symmetric: rank the smaller set
         return compare_prepared(PreparedSet(vb, method), PreparedSet(va, method)).T.copy()
-    return compare_prepared(PreparedSet(va, method), PreparedSet(vb, method))
+    prepared = PreparedSet(va, method)
+    return compare_prepared(prepared, prepared if same else PreparedSet(vb, method))

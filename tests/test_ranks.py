@@ -56,8 +56,7 @@ def threads(request):
     torch.set_num_threads(old)
 
 
-# The native kernels on one and two threads (chunks split between threads from 2^16 entries), the numpy
-# reference once.
+# The native kernels on one and two threads, the numpy reference once.
 BACKEND_THREADS = [pytest.param(*p.values, 1, marks=p.marks, id=f"{p.values[0]}-1") for p in
                    available_backends("cpu", triton=False)] + [
     pytest.param(*available_backends("cpu", triton=False)[0].values, 2,
@@ -92,6 +91,26 @@ def test_ranks_and_correlations_match_scipy(backend, kind, n, threads):
         assert np.isnan(tau)
     else:
         assert tau == pytest.approx(tau_a_reference(x, y), abs=1e-12)
+
+
+@pytest.mark.parametrize("threads", [2], indirect=True)
+@pytest.mark.parametrize("kind", ["continuous", "heavy_ties", "float32"])
+def test_parallel_paths_match_the_reference(kind, threads):
+    """Above 2^18 entries the kernels split work across threads: chunked radix splits, buckets sorted side
+    by side, chunked inversion counts."""
+    if not pozfast.backends()["cpu-native"].available:
+        pytest.skip("cpu-native unavailable")
+    rng = np.random.default_rng(KINDS.index(kind))
+    x = make(kind, 300_001, rng)
+    y = make(kind, 300_001, rng) + x
+    with use_backend("cpu-native"):
+        native = ranks.rank(x), ranks.spearman(x, y), ranks.kendall_counts(ranks.rank(x), y)
+    with use_backend("torch"):
+        reference = ranks.rank(x), ranks.spearman(x, y), ranks.kendall_counts(ranks.rank(x), y)
+    np.testing.assert_array_equal(native[0].ranks2, reference[0].ranks2)
+    np.testing.assert_array_equal(native[0].order, reference[0].order)
+    assert native[1] == pytest.approx(reference[1], abs=1e-12)
+    assert native[2] == reference[2]
 
 
 def test_tau_a_counts_are_exact_integers_with_ties():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pozfast.inference import eval_bootstrap, noise_ceiling, permutation_test
-from pozfast.rdm_sets import compare_rdm_sets, rdm_set
+from pozfast.rdm_sets import PreparedSet, compare_prepared, compare_rdm_sets, rdm_set
 from pozfast.rdms import rdm
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
@@ -196,6 +196,22 @@ def test_bootstrap_over_both_replays_rsatoolbox(method):
     ours = eval_bootstrap(models, data, method, boot="both",
                           samples=(np.stack([d[0] for d in draws]), np.stack([d[1] for d in draws])))
     _assert_same_result(ours, theirs)
+
+
+@pytest.mark.parametrize("method", ["pearson", "r2", "cosine"])
+def test_linear_stimulus_bootstrap_equals_the_rebuilt_samples(method):
+    """Pearson, R^2 and cosine samples come from weighted sums over the original pairs; rebuilding each
+    sample's RDMs (a pair once per pair of copies of its stimuli) gives the same values."""
+    models, data = subjects(15)
+    result = eval_bootstrap(models, data, method, boot="both", n_samples=6, seed=4)
+    i, j = np.triu_indices(N, 1)
+    for b in range(6):
+        counts = np.bincount(result.pattern_samples[b], minlength=N)
+        repeats = counts[i] * counts[j]
+        subjects_drawn = data[result.rdm_samples[b]]
+        sample = compare_prepared(PreparedSet(np.repeat(models, repeats, 1), method),
+                                  PreparedSet(np.repeat(subjects_drawn, repeats, 1), method))
+        np.testing.assert_allclose(result.samples[b], sample.mean(axis=1), atol=1e-12)
 
 
 def test_bootstrap_seeded_and_within_monte_carlo_error():
