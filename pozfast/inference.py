@@ -12,7 +12,9 @@ own (it draws with ``np.random.randint``).
 Work is shared across samples: each RDM is ranked once, a subject bootstrap reuses the subjects' model
 comparisons (a sample only reweights them) and, for the rank methods, the pooled RDMs of the noise ceiling
 (a sample of S subjects has few distinct pools); for Pearson, R^2 and cosine the noise ceiling of any
-subject sample follows from one S x S matrix of the subjects' comparisons.
+subject sample follows from one S x S matrix of the subjects' comparisons, and a stimulus sample's
+comparisons from weighted sums over the original pairs, without building its RDMs. Stimulus samples for
+Spearman and tau-a are built (each pair repeated once per pair of copies of its stimuli) and ranked.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ import scipy.stats
 import torch
 
 from pozfast.ops import ranks
-from pozfast.rdm_sets import (LINEAR_METHODS, PreparedSet, as_rdm_stack, check_method, compare_prepared, drop_missing,
-                              kept_pairs)
+from pozfast.rdm_sets import (PreparedSet, as_rdm_stack, check_method, compare_prepared, drop_missing, kept_pairs,
+                              matmul, unit_rows)
 from pozfast.rows import n_items
 from pozfast.validate import positive_int, real
 
 BOOTS = ("rdm", "pattern", "both")
+# Methods whose pooled RDMs are weighted sums of the prepared rows: every comparison with a pool, on any
+# sample, follows from a matrix of comparisons between the RDMs (Spearman's pools must be ranked again).
+GRAM_METHODS = ("pearson", "r2", "cosine")
 ALTERNATIVES = ("greater", "less", "two-sided")
 _MIN_PATTERNS = 3  # rsatoolbox evaluates a stimulus sample only with at least 3 distinct stimuli
 _BATCH_ELEMENTS = 1 << 23  # elements of the per-batch index and gather arrays (64 MiB each)
@@ -78,9 +83,9 @@ class _Ceiling:
 
     def __init__(self, data: PreparedSet):
         self.data, self.method = data, data.method
-        if self.method in LINEAR_METHODS and self.method != "spearman":
+        if self.method in GRAM_METHODS:
             # Pools are weighted sums of the unit rows: every comparison with one follows from the Gram matrix.
-            self.gram = data.unit @ data.unit.T
+            self.gram = matmul(data.unit, data.unit.T)
         else:
             self._pooled: dict[tuple[int, ...], Any] = {}
             self._ranks2 = np.stack([r.ranks2 for r in data.rankings]).astype(np.float64)  # pools: exact sums
@@ -88,7 +93,7 @@ class _Ceiling:
     def per_rdm(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (B, S), for a (B, S) batch of subject weights; NaN where a weight is 0."""
         weights = np.asarray(weights, dtype=np.float64)
-        if self.method in LINEAR_METHODS and self.method != "spearman":
+        if self.method in GRAM_METHODS:
             lower, upper = linear_ceiling(self.gram[None], weights)
         else:
             lower, upper = np.full(weights.shape, np.nan), np.full(weights.shape, np.nan)
@@ -112,11 +117,9 @@ class _Ceiling:
         key = tuple((w // math.gcd(*w.tolist())).tolist())  # a pool's ranks do not change with its scale
         pooled = self._pooled.get(key)
         if pooled is None:
-            pool = ranks.rank(np.asarray(key, dtype=np.float64) @ self._ranks2)
-            if self.method == "spearman":
-                unit = pool.centred()
-                norm = np.linalg.norm(unit)
-                pooled = (self.data.unit @ (unit / norm)) if norm > 0 else np.full(len(self.data), np.nan)
+            pool = ranks.rank(matmul(np.asarray(key, dtype=np.float64)[None], self._ranks2)[0])
+            if self.method == "spearman":  # the pool's correlations with every subject
+                pooled = matmul(self.data.unit, unit_rows(pool.centred()[None]).T)[:, 0]
             else:
                 pooled = {"ranking": pool}
             self._pooled[key] = pooled
@@ -243,7 +246,7 @@ def eval_bootstrap(models: Any, data: Any, method: str = "pearson", *, boot: str
     if boot == "rdm":
         counts = _counts(rdm_samples, n_subjects)
         values = counts @ full.evaluations.T / n_subjects
-        ceiling = full.ceiling.bounds(counts) if method in LINEAR_METHODS and method != "spearman" else \
+        ceiling = full.ceiling.bounds(counts) if method in GRAM_METHODS else \
             np.concatenate([full.ceiling.bounds(c[None]) for c in
                             _progress(counts, n_drawn, progress, "bootstrap over subjects")])
     else:
@@ -253,7 +256,7 @@ def eval_bootstrap(models: Any, data: Any, method: str = "pearson", *, boot: str
         values = np.full((n_drawn, len(model_rdms)), np.nan)
         ceiling = np.full((n_drawn, 2), np.nan)
         pair_i, pair_j = _pair_items(n_stimuli, keep)
-        if method in LINEAR_METHODS and method != "spearman":
+        if method in GRAM_METHODS:
             m = len(model_rdms)
             sims = _weighted_comparisons(np.concatenate([model_rdms, data_rdms]), stimuli[usable], pair_i, pair_j,
                                          method, progress)

@@ -131,10 +131,16 @@ def unit_rows(rows: np.ndarray) -> np.ndarray:
     return rows
 
 
+def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b for float64 numpy arrays, on torch's threads: numpy's BLAS keeps a thread pool of its own,
+    which on a busy machine costs more to wake than these products take."""
+    return (torch.from_numpy(np.ascontiguousarray(a)) @ torch.from_numpy(np.ascontiguousarray(b))).numpy()
+
+
 def compare_prepared(a: PreparedSet, b: PreparedSet) -> np.ndarray:
     """The (len(a), len(b)) comparisons of two sets prepared for the same method."""
     if a.method in LINEAR_METHODS:
-        sims = (torch.from_numpy(a.unit) @ torch.from_numpy(b.unit).T).numpy()
+        sims = matmul(a.unit, b.unit.T)
         np.clip(sims, -1.0, 1.0, out=sims)
         return sims * sims if a.method == "r2" else sims
     out = np.empty((len(a), len(b)))

@@ -114,8 +114,8 @@ def spearman_from_rankings(rx: Ranking, ry: Ranking) -> float:
     if rx.n < 2:
         return math.nan
     a, b = rx.centred(), ry.centred()
-    denom = math.sqrt(float(a @ a) * float(b @ b))
-    return float(a @ b) / denom if denom > 0 else math.nan
+    denom = math.sqrt(float((a * a).sum()) * float((b * b).sum()))  # no BLAS call: see rdm_sets.matmul
+    return float((a * b).sum()) / denom if denom > 0 else math.nan
 
 
 def kendall_tau_a(x, y) -> float:
