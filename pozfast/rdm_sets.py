@@ -78,11 +78,20 @@ def as_rdm_stack(rdms: Any, name: str = "rdms", kind: str = "dissimilarity") -> 
     if kind not in ("dissimilarity", "similarity"):
         raise ValueError(f"{name} kind must be 'dissimilarity' or 'similarity', got {kind!r}")
     stack = t.reshape(1, -1) if t.dim() == 1 else t
+    if stack.shape[0] == stack.shape[1] > 1 and _looks_square(stack):
+        raise ValueError(f"{name} is a symmetric {tuple(t.shape)} matrix with a zero diagonal: one RDM in square "
+                         f"form, but a 2-D {name} is read as a stack of condensed RDMs; pass it as {name}[None] "
+                         f"(a stack of one square matrix) or in condensed form")
     n_items(stack.shape[1], name)
     stack = stack.to(device="cpu", dtype=torch.float64).contiguous()
     if bool(torch.isinf(stack).any()):
         raise ValueError(f"{name} contains inf; RDM entries must be finite, or NaN for a missing pair")
     return (1 - stack if kind == "similarity" else stack).numpy()
+
+
+def _looks_square(m: Tensor) -> bool:
+    d = m.double()
+    return bool((d.diagonal().nan_to_num() == 0).all()) and bool(torch.allclose(d, d.T, equal_nan=True))
 
 
 def check_method(method: str) -> str:

@@ -96,6 +96,8 @@ def test_set_comparison_inputs():
         compare_rdm_sets(condensed, condensed, "corr2")
     with pytest.raises(ValueError, match="not symmetric"):
         compare_rdm_sets(rng.random((2, 6, 6)), condensed)
+    with pytest.raises(ValueError, match=r"one RDM in square form.*\[None\]"):
+        compare_rdm_sets(squares[0], condensed)
 
 
 def test_rdm_set_gives_one_rdm_per_subject():
