@@ -28,6 +28,7 @@ BENCHMARKS = {
     "apoz": "APoZ of a VGG-style CNN vs a plain forward and forward hooks",
     "llm": "activation tracking of an OPT-125m-shaped decoder on padded batches, eager and compiled",
     "rdm": "RDMs, insertion curves and streaming similarity vs torch, rsatoolbox and scipy",
+    "rsa": "an RSA study (RDM sets, noise ceiling, bootstrap) vs rsatoolbox; Spearman and tau-a vs scipy",
     "trim": "one trimming round of the digits CNN, 1 process vs 2 gloo processes",
     "gpu": "GPU kernels (CUDA, Triton) against the device's copy bandwidth and matmul rate; needs a GPU",
     "triton_compile": "every Triton kernel compiled for sm_80 and sm_90 without a GPU: registers and spills",

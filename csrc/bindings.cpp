@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "near_zero.h"
+#include "ranks.h"
 #include "rdm_tiles.h"
 #include "relu_count.h"
 
@@ -112,6 +113,41 @@ PYBIND11_MODULE(_C, m) {
       py::arg("gram"), py::arg("ldg"), py::arg("rows"), py::arg("cols"), py::arg("i0"), py::arg("j0"), py::arg("n"),
       py::arg("s_rows"), py::arg("q_rows"), py::arg("s_cols"), py::arg("q_cols"), py::arg("k"), py::arg("eps"),
       py::arg("ref"), py::arg("ldr"), py::arg("ref_mode"), py::arg("is_double"));
+  m.def(
+      "rank_cpu",
+      [](uintptr_t x, int64_t n, uintptr_t order, uintptr_t ranks2, int threads) {
+        pozfast::TieCounts counts;
+        {
+          py::gil_scoped_release release;
+          counts = pozfast::rank_cpu(ptr<const double>(x), n, ptr<pozfast::RankIndex>(order),
+                                     ptr<pozfast::RankIndex>(ranks2), threads);
+        }
+        return py::make_tuple(counts.groups, counts.tie_pairs);
+      },
+      py::arg("x"), py::arg("n"), py::arg("order"), py::arg("ranks2"), py::arg("threads"),
+      "Ascending order (uint32) and doubled average ranks (uint32) of float64 x[n], n < 2^31; returns "
+      "(distinct values, tied pairs).");
+  m.def(
+      "spearman_cpu",
+      [](uintptr_t x, uintptr_t y, int64_t n, int threads) {
+        py::gil_scoped_release release;
+        return pozfast::spearman_cpu(ptr<const double>(x), ptr<const double>(y), n, threads);
+      },
+      py::arg("x"), py::arg("y"), py::arg("n"), py::arg("threads"));
+  m.def(
+      "kendall_counts_cpu",
+      [](uintptr_t order_x, uintptr_t ranks2_x, uintptr_t y, int64_t n, int64_t x_ties, int threads) {
+        pozfast::KendallCounts k;
+        {
+          py::gil_scoped_release release;
+          k = pozfast::kendall_counts_cpu(ptr<const pozfast::RankIndex>(order_x),
+                                          ptr<const pozfast::RankIndex>(ranks2_x), ptr<const double>(y), n, x_ties,
+                                          threads);
+        }
+        return py::make_tuple(k.pairs, k.x_ties, k.y_ties, k.joint_ties, k.discordant);
+      },
+      py::arg("order_x"), py::arg("ranks2_x"), py::arg("y"), py::arg("n"), py::arg("x_ties"), py::arg("threads"),
+      "(pairs, x ties, y ties, joint ties, discordant pairs) for Kendall's tau-a, from x's rank_cpu results.");
 #ifdef POZFAST_OPENMP
   m.attr("with_openmp") = true;
 #else
