@@ -12,6 +12,7 @@ from torch import Tensor
 
 from pozfast.interop import COMPARE_METHODS as METHODS
 from pozfast.interop import as_rdm_set, canonical_method, values_out
+from pozfast.ops import ranks
 from pozfast.rows import n_items
 
 
@@ -35,25 +36,6 @@ def pearson_from_moments(m: Tensor) -> float:
     cov = n * sxy - sx * sy
     var = (n * sxx - sx * sx) * (n * syy - sy * sy)
     return cov / math.sqrt(var) if var > 0 else float("nan")
-
-
-def _tau_a(x: np.ndarray, y: np.ndarray) -> float:
-    """Kendall's tau-a = (concordant - discordant) / (n(n-1)/2), from scipy's tau-b and the tie counts."""
-    from scipy.stats import kendalltau
-
-    n0 = len(x) * (len(x) - 1) / 2
-    if n0 == 0:
-        return float("nan")
-
-    def ties(v):
-        _, counts = np.unique(v, return_counts=True)
-        return float((counts * (counts - 1) / 2).sum())
-
-    n1, n2 = ties(x), ties(y)
-    if n1 == n0 or n2 == n0:
-        return 0.0
-    tau_b = kendalltau(x, y, variant="b").statistic
-    return float(tau_b * math.sqrt((n0 - n1) * (n0 - n2)) / n0)
 
 
 def compare_rdms(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "dissimilarity",
@@ -87,11 +69,11 @@ def compare_rdms(a: Any, b: Any, method: str = "pearson", *, a_kind: str = "diss
 
 
 def _compare_sets(A: Tensor, B: Tensor, method: str) -> Tensor:
-    """(n_A, n_B) float64 values for every pair of condensed RDMs (A: (n_A, P), B: (n_B, P)).
+    """(n_A, n_B) float64 values for every pair of condensed RDMs (A: (n_A, P), B: (n_B, P)), each RDM ranked
+    once, with rsatoolbox's rule for NaN: a pair NaN in any RDM of either set is left out of all."""
+    from pozfast.rdm_sets import compare_rdm_sets  # it builds on this module
 
-    A loop over pairs of the single-pair comparison; to be replaced by ``pozfast.rdm_sets.compare_rdm_sets``,
-    which ranks each RDM once."""
-    return torch.tensor([[_compare_pair(x, y, method).value for y in B] for x in A], dtype=torch.float64)
+    return torch.from_numpy(compare_rdm_sets(A.cpu(), B.cpu(), method))
 
 
 def _compare_pair(x: Tensor, y: Tensor, method: str) -> Comparison:
@@ -109,11 +91,9 @@ def _compare_pair(x: Tensor, y: Tensor, method: str) -> Comparison:
         return Comparison(float("nan"), n, method)
     xs, ys = x.cpu().numpy(), y.cpu().numpy()
     if method == "spearman":
-        from scipy.stats import spearmanr
-
-        value = float(spearmanr(xs, ys).statistic)
+        value = ranks.spearman(xs, ys)
     elif method == "kendall_tau_a":
-        value = _tau_a(xs, ys)
+        value = ranks.kendall_tau_a(xs, ys)
     else:
         denom = float(np.linalg.norm(xs) * np.linalg.norm(ys))
         value = float(xs @ ys / denom) if denom > 0 else float("nan")
