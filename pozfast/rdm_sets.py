@@ -35,7 +35,7 @@ def rdm_set(data: Any, *, block: int | None = None, device: str | torch.device |
             items in the same order for every subject, features free to differ in number.
         block, device, progress: as :func:`pozfast.rdm`.
     Returns:
-        (S, N(N-1)/2) condensed RDMs, float32 (float64 when every dataset is float64).
+        (S, N(N-1)/2) condensed RDMs, float64 (as :func:`pozfast.rdm` gives them).
     """
     if isinstance(data, (list, tuple)):
         if not data:
@@ -55,9 +55,7 @@ def rdm_set(data: Any, *, block: int | None = None, device: str | torch.device |
         if stack.shape[0] == 0:
             raise ValueError("data must hold at least one dataset, got an (0, N, D) stack")
         datasets = list(stack.unbind(0))
-    rdms = [rdm(d, block=block, device=device, progress=progress) for d in datasets]
-    dtype = torch.float64 if all(r.dtype == torch.float64 for r in rdms) else torch.float32
-    return torch.stack([r.to(dtype) for r in rdms])
+    return torch.stack([rdm(d, block=block, device=device, progress=progress) for d in datasets])
 
 
 def as_rdm_stack(rdms: Any, name: str = "rdms", kind: str = "dissimilarity") -> np.ndarray:
