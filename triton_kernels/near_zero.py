@@ -21,8 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from pozfast.triton_kernels.relu_count import device_relu
-
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ROW_MODE_MIN_INNER = 64
 # Programs of the row kernel (each loops over further chunks) and row steps of the short-row kernel: small
@@ -46,11 +44,17 @@ def _magnitude_key(v, KEY_BITS: tl.constexpr):
         return v.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
 
 
+@triton.jit
+def _relu(x, UPCAST: tl.constexpr):
+    """torch.relu's rule, x < 0 ? 0 : x (NaN and -0.0 pass through); 16-bit types compared in float32."""
+    negative = (x.to(tl.float32) < 0) if UPCAST else (x < 0)
+    return tl.where(negative, tl.zeros_like(x), x)
+
+
 @triton.jit(do_not_specialize=["rows"])
 def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, channels, repeat,
                  size_bucket, T: tl.constexpr, T_PAD: tl.constexpr, KEY_BITS: tl.constexpr,
-                 HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, ON_GPU: tl.constexpr,
-                 BLOCK: tl.constexpr):
+                 HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr):
     t_idx = tl.arange(0, T_PAD)
     t_ok = t_idx < T
     taus = tl.load(keys_ptr + t_idx, mask=t_ok, other=-1)  # -1: padding that nothing reaches
@@ -65,7 +69,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, chan
         if HAS_MASK:
             keep = keep & (tl.load(mask_ptr + (row // channels // repeat + tl.zeros_like(offs))) != 0)
         if RELU:
-            y = device_relu(tl.load(x_ptr + ptr, mask=valid, other=0.0), UPCAST, ON_GPU)[0]
+            y = _relu(tl.load(x_ptr + ptr, mask=valid, other=0.0), UPCAST)
             tl.store(y_ptr + ptr, y, mask=valid)
         else:
             y = tl.load(x_ptr + ptr, mask=keep, other=0.0)  # dropped rows are not read
@@ -76,8 +80,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, chan
 @triton.jit
 def _positions_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, outer, positions, inner, channels, repeat,
                       size_bucket, T: tl.constexpr, T_PAD: tl.constexpr, KEY_BITS: tl.constexpr,
-                      HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, ON_GPU: tl.constexpr,
-                      BLOCK_R: tl.constexpr,
+                      HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
                       BLOCK_P: tl.constexpr):
     t_idx = tl.arange(0, T_PAD)
     t_ok = t_idx < T
@@ -97,7 +100,7 @@ def _positions_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, outer, posit
         ptr = rows.to(tl.int64)[:, None] * positions + cols[None, :]
         if RELU:
             io = row_ok[:, None] & col_ok[None, :]
-            y = device_relu(tl.load(x_ptr + ptr, mask=io, other=0.0), UPCAST, ON_GPU)[0]
+            y = _relu(tl.load(x_ptr + ptr, mask=io, other=0.0), UPCAST)
             tl.store(y_ptr + ptr, y, mask=io)
         else:
             y = tl.load(x_ptr + ptr, mask=keep[:, None] & col_ok[None, :], other=0.0)
@@ -147,8 +150,7 @@ def near_zero_count(x: torch.Tensor, y: torch.Tensor | None, counts: torch.Tenso
     byte per ``repeat`` outer rows, or None. Runs on torch's current stream of x's device."""
     key_bits = 8 * x.element_size()
     meta = dict(T=len(keys), T_PAD=triton.next_power_of_2(len(keys)), KEY_BITS=key_bits,
-                HAS_MASK=mask is not None, RELU=y is not None, UPCAST=x.dtype in (torch.float16, torch.bfloat16),
-                ON_GPU=x.is_cuda)
+                HAS_MASK=mask is not None, RELU=y is not None, UPCAST=x.dtype in (torch.float16, torch.bfloat16))
     key_tensor = _keys_tensor(tuple(keys), max(32, key_bits), x.device)
     mask_arg = mask if mask is not None else key_tensor  # never read without HAS_MASK
     y_arg = y if y is not None else x  # never written without RELU
