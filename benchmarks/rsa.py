@@ -11,11 +11,15 @@
 2. Spearman's rho and Kendall's tau-a of two vectors of 12.5 M pairs (the RDMs of 5000 stimuli): pozfast's
    native kernels against scipy's ``spearmanr`` and tau-a from scipy's ``kendalltau`` and the tie counts
    (what ``pozfast.compare_rdms`` computed so far), and rsatoolbox's tau-a.
+3. Under load: ``pozfast.rdm`` of 2000 x 512 float32 features and ``torch.mm`` of the same features by
+   their transpose, idle and while another process runs ``pozfast.rdm`` in a loop (both at torch's default
+   thread count): each one's slowdown, and pozfast's slowdown over torch's (target at most 1.3).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
 import warnings
@@ -27,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks._timing import machine_description, median_seconds, print_table  # noqa: E402
 
+import pozfast  # noqa: E402
 from pozfast.inference import eval_bootstrap, noise_ceiling  # noqa: E402
 from pozfast.ops import ranks  # noqa: E402
 from pozfast.rdm_sets import compare_rdm_sets, rdm_set  # noqa: E402
@@ -156,6 +161,39 @@ def rank_comparisons(args, rows) -> None:
                      f"{times['tau-a rsatoolbox'] / times['tau-a pozfast']:.1f}x"])
 
 
+LOAD = """
+import sys, torch, pozfast
+x = torch.randn(2000, 512, generator=torch.Generator().manual_seed(3))
+pozfast.rdm(x)
+print("ready", flush=True)
+while True:
+    pozfast.rdm(x)
+"""
+
+
+def under_load(args, rows) -> None:
+    n, d = (500, 128) if args.quick else (2000, 512)
+    x = torch.randn(n, d, generator=torch.Generator().manual_seed(2))
+    fns = {"pozfast.rdm": lambda: pozfast.rdm(x), "torch.mm": lambda: torch.mm(x, x.T)}
+    reps = max(args.reps, 5) * 3
+    idle = median_seconds(fns, reps=reps, warmup=2)
+    other = subprocess.Popen([sys.executable, "-c", LOAD], stdout=subprocess.PIPE, text=True)
+    try:
+        if other.stdout.readline().strip() != "ready":
+            raise RuntimeError("the load process did not start")
+        loaded = median_seconds(fns, reps=reps, warmup=2)
+    finally:
+        other.kill()
+        other.wait()
+    task = f"{n} x {d} float32, {torch.get_num_threads()} threads, another process running pozfast.rdm"
+    slow = {k: loaded[k] / idle[k] for k in fns}
+    for k in fns:
+        rows.append([task, f"{k} idle -> loaded", f"{idle[k] * 1e3:.1f} -> {loaded[k] * 1e3:.1f} ms",
+                     "", f"{slow[k]:.2f}x slower"])
+    rows.append([task, "pozfast's slowdown / torch.mm's", f"{slow['pozfast.rdm'] / slow['torch.mm']:.2f}",
+                 "target <= 1.3", ""])
+
+
 def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=3, help="repetitions of the rank comparisons (medians)")
@@ -167,6 +205,7 @@ def main(argv=None) -> str:
     rows: list[list[str]] = []
     study(args, rows)
     rank_comparisons(args, rows)
+    under_load(args, rows)
     print("study steps run once each; rank comparisons: medians of --reps after a warm-up, interleaved")
     return print_table(["task", "step", "pozfast s", "baseline s", "speed-up"], rows)
 

@@ -7,23 +7,17 @@
 #include <stdexcept>
 #include <vector>
 
+#include "cpu_parallel.h"
 #include "relu_count.h"
 #include "relu_count_isa.h"
-
-#ifdef POZFAST_OPENMP
-#include <omp.h>
-#endif
 
 namespace pozfast {
 namespace {
 
-// Each thread gets at least this many elements: on fewer, waking a thread costs more than it saves.
-constexpr int64_t kGrain = int64_t(1) << 15;
 // Rows at least this long are counted row by row; shorter ones by position within a [channels, inner] block.
 constexpr int64_t kRowModeMinInner = 64;
 // Largest channels*inner block that gets per-position thread-local counters.
 constexpr int64_t kMaxBlockPositions = int64_t(1) << 18;
-constexpr int64_t kCacheLine = 64;
 
 struct Isa {
   const char* name;
@@ -66,52 +60,6 @@ std::atomic<const Isa*>& current_isa() {
   static std::atomic<const Isa*> isa{
       &*std::find_if(std::begin(kIsas), std::end(kIsas), [](const Isa& i) { return i.runs_here(); })};
   return isa;
-}
-
-// Per-thread counters, each thread's on cache lines of its own (no false sharing between threads).
-template <typename T>
-class PerThread {
- public:
-  PerThread(int threads, int64_t width)
-      : stride_((width * int64_t(sizeof(T)) + kCacheLine - 1) / kCacheLine * kCacheLine / int64_t(sizeof(T))),
-        storage_(static_cast<size_t>(threads * stride_ + kCacheLine / int64_t(sizeof(T))), T(0)) {
-    const auto misalign = reinterpret_cast<uintptr_t>(storage_.data()) % kCacheLine;
-    base_ = storage_.data() + (misalign ? (kCacheLine - misalign) / sizeof(T) : 0);
-  }
-  T* of(int t) { return base_ + t * stride_; }
-
- private:
-  int64_t stride_;
-  std::vector<T> storage_;
-  T* base_;
-};
-
-int team_size(int64_t numel, int threads) {
-#ifdef POZFAST_OPENMP
-  return static_cast<int>(std::clamp<int64_t>(numel / kGrain, 1, std::max(threads, 1)));
-#else
-  (void)numel, (void)threads;
-  return 1;
-#endif
-}
-
-// Runs body(slice, begin, end) over [0, numel) split into `team` cache-line aligned slices, one per
-// thread; returns the number of threads that ran.
-template <typename Body>
-int parallel_slices(int64_t numel, int team, const Body& body) {
-  const int64_t per = ((numel + team - 1) / team + 63) / 64 * 64;
-  int ran = 1;
-#ifdef POZFAST_OPENMP
-#pragma omp parallel for num_threads(team) schedule(static, 1)
-#endif
-  for (int t = 0; t < team; ++t) {
-#ifdef POZFAST_OPENMP
-    if (t == 0) ran = omp_get_num_threads();
-#endif
-    const int64_t begin = std::min(numel, per * t);
-    body(t, begin, std::min(numel, begin + per));
-  }
-  return ran;
 }
 
 }  // namespace

@@ -116,7 +116,7 @@ def _is_dataframe(x: Any) -> bool:
     return pd is not None and isinstance(x, (pd.DataFrame, pd.Series))
 
 
-def _is_dataset(x: Any) -> bool:
+def is_dataset(x: Any) -> bool:
     base = _module("rsatoolbox.data.base")
     return base is not None and isinstance(x, base.DatasetBase)
 
@@ -138,7 +138,7 @@ def is_rdm_object(x: Any) -> bool:
 
 def _is_object(x: Any) -> bool:
     """An array-like object (not a nested list of numbers): one member of a set."""
-    return isinstance(x, (np.ndarray, Tensor)) or _is_dataframe(x) or _is_dataset(x) or is_rdm_object(x)
+    return isinstance(x, (np.ndarray, Tensor)) or _is_dataframe(x) or is_dataset(x) or is_rdm_object(x)
 
 
 def _kind(x: Any) -> str:
@@ -146,7 +146,7 @@ def _kind(x: Any) -> str:
         return "torch"
     if _is_dataframe(x):
         return "dataframe"
-    if _is_dataset(x) or _is_rdms(x):
+    if is_dataset(x) or _is_rdms(x):
         return "rsatoolbox"
     return "numpy"
 
@@ -191,13 +191,13 @@ def as_feature_set(X: Any, name: str = "X", *, descriptor: str | None = None) ->
             members, is_set = list(t), True
         else:
             members = [t]
-    if descriptor is not None and not all(_is_dataset(m) for m in members):
+    if descriptor is not None and not all(is_dataset(m) for m in members):
         raise ValueError(f"descriptor={descriptor!r} averages rsatoolbox Datasets by condition, but {name} is "
                          f"{type(members[0]).__name__}; give a Dataset or drop descriptor")
     mats, labels, rsa = [], [], []
     for s, m in enumerate(members):
         label = f"{name}[{s}]" if is_set else name
-        if _is_dataset(m):
+        if is_dataset(m):
             mat, lab, info = _dataset_features(m, descriptor, label)
             rsa.append(info)
         elif _is_dataframe(m):
@@ -301,7 +301,7 @@ def as_rdm_set(rdms: Any, name: str = "rdm", *, kind: str = "dissimilarity",
     """
     if is_rdm_object(rdms):
         return _rsa_rdm_set(rdms, name, kind)
-    if _is_dataset(rdms):
+    if is_dataset(rdms):
         raise TypeError(f"{name} is an rsatoolbox Dataset (features), not an RDM; compute its RDM with "
                         f"pozfast.rdm first")
     given = members = _members(rdms)

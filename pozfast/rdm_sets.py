@@ -21,7 +21,7 @@ from torch import Tensor
 from pozfast.comparison import METHODS
 from pozfast.ops import ranks
 from pozfast.rdms import rdm
-from pozfast.rows import as_condensed, as_tensor, condensed_length, n_items
+from pozfast.rows import as_condensed, as_tensor, n_items
 
 LINEAR_METHODS = ("pearson", "r2", "spearman", "cosine")  # an inner product of prepared rows
 

@@ -1,5 +1,5 @@
 """RDMs between the rows of feature matrices (correlation, Euclidean, squared Euclidean or cosine
-dissimilarities), blockwise over the upper triangle: condensed, square, or written to a memory-mapped
+dissimilarities) or between conditions of observations (crossnobis), blockwise over the upper triangle: condensed, square, or written to a memory-mapped
 ``.npy`` file; one matrix or a set, in the caller's form."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from pozfast._io import atomic_path
+from pozfast.crossnobis import CrossTerms, crossnobis_inputs
 from pozfast.interop import as_feature_set, canonical_method, rdms_out, result_dtype
 from pozfast.ops import rdm_tiles
 from pozfast.rows import (RowStats, SquaredNorms, compute_dtype, condensed_length, default_block, row_stats,
@@ -22,8 +23,8 @@ from pozfast.validate import optional_positive_int
 
 
 def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "condensed", block: int | None = None,
-        device: str | torch.device | None = None, progress: bool = False, descriptor: str | None = None,
-        dtype: Any = None) -> Any:
+        device: str | torch.device | None = None, progress: bool = False, descriptor: Any = None,
+        dtype: Any = None, cv_descriptor: Any = None, noise: Any = None) -> Any:
     """RDM of the rows (items) of X, computed blockwise over the upper triangle with one GEMM per tile.
 
     Args:
@@ -31,8 +32,11 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
             ``Dataset``; or a set: an (S, N, D) stack or a list of matrices / Datasets with the same N items.
         method: the dissimilarity (scipy ``pdist`` names; rsatoolbox's names as aliases):
             ``"correlation"`` (``1 - pearson``, the default), ``"euclidean"``, ``"sqeuclidean"`` (squared
-            Euclidean) or ``"cosine"`` (``1 - x.y / (|x| |y|)``). Note that rsatoolbox's ``calc_rdm``
-            ``"euclidean"`` is the squared distance over D: ``rdm(X, method="sqeuclidean") / D``.
+            Euclidean), ``"cosine"`` (``1 - x.y / (|x| |y|)``), or ``"crossnobis"`` (cross-validated
+            Mahalanobis distance between conditions, :mod:`pozfast.crossnobis`, as rsatoolbox's
+            ``calc_rdm_crossnobis``: X holds observations, ``descriptor`` their conditions). Note that
+            rsatoolbox's ``calc_rdm`` ``"euclidean"`` is the squared distance over D:
+            ``rdm(X, method="sqeuclidean") / D``.
         out: ``"condensed"`` (N(N-1)/2 entries, scipy squareform order), ``"square"`` (N x N, zero
             diagonal), or a path ending in ``.npy``: the condensed RDM ((S, P) for a set) written blockwise
             to a memory-mapped file, complete or absent (written under a temporary name, then renamed).
@@ -41,8 +45,15 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
         device: where the GEMMs run (default: X's device), also for ``.npy`` output, which receives the
             condensed RDM one block row at a time. Torch results stay there.
         progress: tqdm bar over tiles.
-        descriptor: rsatoolbox Datasets only: average the observations of each condition of this obs
-            descriptor first, as ``rsatoolbox.rdm.calc_rdm(..., descriptor=...)``.
+        descriptor: rsatoolbox Datasets: average the observations of each condition of this obs descriptor
+            first, as ``rsatoolbox.rdm.calc_rdm(..., descriptor=...)``. Crossnobis (required): the
+            conditions, as an obs descriptor's name for Datasets, else one label per row of X; the RDM's
+            items are the conditions in sorted order.
+        cv_descriptor: crossnobis only: the fold (run) of each observation, named or given as
+            ``descriptor`` is; default as rsatoolbox's: the k-th observation of each condition is in fold k.
+        noise: crossnobis only: the noise precision matrix (D x D, the inverse noise covariance, as
+            rsatoolbox's ``noise``), or a list of one per fold (the precision of each fold's means);
+            default the identity.
         dtype: floating dtype of the result. Default float64 for every input form (numpy, torch, rsatoolbox),
             whatever the compute dtype: GEMMs run in float32 for float32 features (float64 for float64), and
             their float32 rounding (about 1e-7 of the values' scale) stays in the float64 result. Ask for
@@ -60,17 +71,24 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
     rows' spread (pass float64 features where such distances matter).
     """
     method = canonical_method(method, "rdm")
-    if method == "crossnobis":
-        raise ValueError("method 'crossnobis' is not computed by pozfast.rdm yet; use rsatoolbox's calc_rdm "
-                         "for it")
     block = optional_positive_int(block, "block")
     to_file = not (isinstance(out, str) and out in ("condensed", "square"))
     if to_file and not str(out).endswith(".npy"):
         raise ValueError(f"out must be 'condensed', 'square' or a path ending in .npy, got {out!r}")
-    mats, form = as_feature_set(X, "X", descriptor=descriptor)
+    if method == "crossnobis":
+        rows, form = crossnobis_inputs(X, descriptor, cv_descriptor, noise)
+        form = dataclasses.replace(form, rsa=tuple({**info, "descriptors": {
+            "noise": np.eye(rows[0][0].shape[1]) if noise is None else noise,
+            "cv_descriptor": cv_descriptor if isinstance(cv_descriptor, str) else "cv_desc", **info["descriptors"]}}
+            for info in form.rsa))  # as rsatoolbox's calc_rdm_crossnobis records them
+    else:
+        if cv_descriptor is not None or noise is not None:
+            raise ValueError(f"cv_descriptor and noise are options of method='crossnobis', not {method!r}")
+        mats, form = as_feature_set(X, "X", descriptor=descriptor)
+        rows = [(m, _stats(m, method)) for m in mats]
     if to_file:
-        return _rdms_to_file(mats, Path(out), method, block, device, progress, dtype, form.is_set)
-    res = [_rdm_into(m, method, out == "square", None, block, device, progress) for m in mats]
+        return _rdms_to_file(rows, Path(out), block, device, progress, dtype, form.is_set)
+    res = [_rdm_into(m, stats, out == "square", None, block, device, progress) for m, stats in rows]
     if device is not None and form.kind == "torch":
         form = dataclasses.replace(form, device=torch.device(device))
     return rdms_out(torch.stack(res) if form.is_set else res[0], form, measure=method, dtype=dtype)
@@ -82,32 +100,32 @@ def _stats(X: Tensor, method: str) -> RowStats | SquaredNorms:
     return row_stats(X, centre=method == "correlation")
 
 
-def _rdm_into(X: Tensor, method: str, square: bool, result: Tensor | None, block: int | None, device,
-              progress: bool) -> Tensor:
-    """The RDM of one (N, D) matrix, into ``result`` (a condensed buffer) or a new tensor in the compute dtype."""
+def _rdm_into(X: Tensor, stats: RowStats | SquaredNorms | CrossTerms, square: bool, result: Tensor | None,
+              block: int | None, device, progress: bool) -> Tensor:
+    """The RDM of one (N, D) matrix with its ``stats``, into ``result`` (a condensed buffer) or a new tensor in
+    the compute dtype."""
     device = torch.device(device) if device is not None else X.device
     dtype = compute_dtype(X)
     n = X.shape[0]
-    stats = _stats(X, method)
     if result is None:
         result = torch.empty((n, n) if square else (condensed_length(n),), dtype=dtype, device=device)
     rdm_tiles.fill_rdm(X, result, stats, dtype, block or default_block(n, device), device, progress)
     return result
 
 
-def _rdms_to_file(mats: list[Tensor], path: Path, method: str, block: int | None, device, progress: bool,
+def _rdms_to_file(rows: list[tuple[Tensor, Any]], path: Path, block: int | None, device, progress: bool,
                   dtype: Any, is_set: bool) -> Path:
     from numpy.lib.format import open_memmap
 
     torch_dtype = result_dtype(dtype) if dtype is not None else \
-        (torch.float64 if any(compute_dtype(m) == torch.float64 for m in mats) else torch.float32)
+        (torch.float64 if any(compute_dtype(m) == torch.float64 for m, _ in rows) else torch.float32)
     np_dtype = np.float64 if torch_dtype == torch.float64 else np.float32
-    length = condensed_length(mats[0].shape[0])
+    length = condensed_length(rows[0][0].shape[0])
     with atomic_path(path) as tmp:
-        mm = open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(len(mats), length) if is_set else (length,))
-        rows = mm if is_set else mm[None]
-        for s, m in enumerate(mats):
-            _rdm_into(m, method, False, torch.from_numpy(rows[s]), block, device, progress)
+        mm = open_memmap(tmp, mode="w+", dtype=np_dtype, shape=(len(rows), length) if is_set else (length,))
+        targets = mm if is_set else mm[None]
+        for s, (m, stats) in enumerate(rows):
+            _rdm_into(m, stats, False, torch.from_numpy(targets[s]), block, device, progress)
         mm.flush()
-        del mm, rows
+        del mm, targets
     return path

@@ -25,12 +25,10 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from pozfast._native import native
 from pozfast.backends import select
-from pozfast.ops.relu_count import memory_split
-from pozfast.validate import integer
+from pozfast.ops.relu_count import channel_axis, eager_plain, memory_split
 
 MAX_THRESHOLDS = 32
 
@@ -68,23 +66,6 @@ def check_thresholds(thresholds: object, name: str = "thresholds") -> list[float
     return values
 
 
-def _axis(t: object, channel_dim: object, name: str) -> int:
-    """Validate the activation ``t`` and return ``channel_dim`` as a non-negative axis."""
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in _DTYPE_CODES:
-        raise TypeError(f"{name} must be a float32, float64, float16 or bfloat16 tensor, got {t.dtype}")
-    ndim = t.dim()
-    if ndim < 2:
-        raise ValueError(f"{name} must have at least 2 dims (positions and channel), got shape {tuple(t.shape)}")
-    if type(channel_dim) is not int:  # plain ints skip the general check: this runs on every call
-        channel_dim = integer(channel_dim, "channel_dim")
-    if not -ndim <= channel_dim < ndim:
-        raise ValueError(f"channel_dim must be an int in [{-ndim}, {ndim - 1}] for {name} of shape "
-                         f"{tuple(t.shape)}, got {channel_dim!r}")
-    return channel_dim % ndim
-
-
 def _check_mask(mask: object, t: Tensor, axis: int, name: str) -> None:
     if mask is None:
         return
@@ -111,7 +92,7 @@ def _check_counts(counts: object, t: Tensor, axis: int, thresholds: Sequence[flo
 def _checked(counts: Tensor, t: Tensor, thresholds: Sequence[float], channel_dim: int, mask: Optional[Tensor],
              name: str) -> tuple[int, list[float]]:
     """Every argument of an op checked; returns the axis and the thresholds as floats."""
-    axis = _axis(t, channel_dim, name)
+    axis = channel_axis(t, channel_dim, name)
     thresholds = check_thresholds(thresholds)
     _check_mask(mask, t, axis, name)
     _check_counts(counts, t, axis, thresholds)
@@ -339,15 +320,6 @@ class _ReluNearZeroWithGrad(torch.autograd.Function):
         return torch.ops.aten.threshold_backward(grad_y, y, 0), None, None, None, None, None
 
 
-def _eager_plain(*tensors: Optional[Tensor]) -> bool:
-    """True when the call needs nothing from the dispatcher: eager, no autograd, no modes, no subclasses."""
-    return (all(t is None or type(t) is Tensor for t in tensors)
-            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
-            and not torch.compiler.is_compiling()
-            and not torch._C._is_torch_function_mode_enabled()
-            and _get_current_dispatch_mode() is None)
-
-
 # --- accumulating calls (what trackers call on every activation) ------------------------------------
 
 def near_zero_count_(counts: Tensor, a: Tensor, thresholds: Sequence[float], channel_dim: int = 1,
@@ -356,7 +328,7 @@ def near_zero_count_(counts: Tensor, a: Tensor, thresholds: Sequence[float], cha
 
     The same as ``torch.ops.pozfast.near_zero_count_``, without the dispatcher's cost on plain eager tensors.
     """
-    if _eager_plain(counts, a, mask):
+    if eager_plain(counts, a, mask):
         _count(counts, a, thresholds, channel_dim, mask, native_ok=True)
     else:
         torch.ops.pozfast.near_zero_count_(counts, a, list(thresholds), channel_dim, mask)
@@ -368,7 +340,7 @@ def relu_near_zero_count(x: Tensor, counts: Tensor, thresholds: Sequence[float],
 
     Gradients flow through y as through torch.relu; counts get none.
     """
-    if _eager_plain(x, counts, mask):
+    if eager_plain(x, counts, mask):
         if inplace:
             _relu_inplace(x, counts, thresholds, channel_dim, mask, native_ok=True)
             torch.autograd.graph.increment_version(x)
@@ -404,7 +376,7 @@ def near_zero_counts(a: Tensor, thresholds: Sequence[float] = (0.0,), channel_di
         int64 tensor [len(thresholds), a.shape[channel_dim]] on a's device, equal to
         ``((a.abs() <= tau) & mask).sum(...)`` for each tau.
     """
-    axis = _axis(a, channel_dim, "a")
+    axis = channel_axis(a, channel_dim, "a")
     thresholds = check_thresholds(thresholds)
     _check_mask(mask, a, axis, "a")
     counts = torch.zeros((len(thresholds), a.shape[axis]), dtype=torch.int64, device=a.device)
@@ -420,7 +392,7 @@ def relu_near_zero_counts(x: Tensor, thresholds: Sequence[float] = (0.0,), chann
     ``(y, counts)``: y equals ``torch.relu(x)`` bit for bit (with torch.relu's gradient), counts is int64
     [len(thresholds), C] on x's device. With ``thresholds=(0.0,)`` the counts are relu_count's zeros.
     """
-    axis = _axis(x, channel_dim, "x")
+    axis = channel_axis(x, channel_dim, "x")
     thresholds = check_thresholds(thresholds)
     _check_mask(mask, x, axis, "x")
     counts = torch.zeros((len(thresholds), x.shape[axis]), dtype=torch.int64, device=x.device)

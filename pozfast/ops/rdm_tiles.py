@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from pozfast._native import native
+from pozfast.crossnobis import CrossTerms
 from pozfast.backends import select
 from pozfast.distributed import all_reduce_sum, world
 from pozfast.rows import RowBlocks, RowStats, SquaredNorms, default_block, progress_bar, row_chunks, tiles
@@ -156,18 +157,20 @@ def _row_start(i: int, n: int) -> int:
     return i * n - i * (i + 1) // 2
 
 
-def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms, dtype, block: int, device,
+def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTerms, dtype, block: int, device,
              progress: bool) -> None:
     """Write the RDM of X into ``result``: condensed [N(N-1)/2] or square [N, N]. The GEMMs run on ``device``;
     a condensed ``result`` elsewhere (a memory-mapped file) receives one block row at a time.
 
     ``stats`` says what the tiles hold: :class:`RowStats` give Gram tiles of unit-norm rows, stored as
     ``1 - tile`` (correlation, or cosine with uncentred stats) by the native and Triton kernels;
-    :class:`SquaredNorms` give (squared) Euclidean distances from their float64 epilogue, packed in torch."""
+    :class:`SquaredNorms` give (squared) Euclidean distances from their float64 epilogue, packed in torch;
+    :class:`CrossTerms` crossnobis distances likewise, from tiles of its rows by their partner rows."""
     n = X.shape[0]
     square = result.dim() == 2
     staged = not square and result.device != device
     gram = isinstance(stats, RowStats)
+    cross = isinstance(stats, CrossTerms)
     if gram and not square and not staged and select("rdm", device, TILE_BACKENDS) == "triton":
         from pozfast.triton_kernels.rdm_tiles import condensed_rdm  # one fused kernel: GEMM tiles + packing
 
@@ -185,13 +188,19 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms, dtype, b
             zi = stats.normalised(X, i0, i1, dtype, device)
             for j0 in range(i0, n, block):
                 j1 = min(j0 + block, n)
-                zj = zi if j0 == i0 else stats.normalised(X, j0, j1, dtype, device)
+                if cross:
+                    zj = stats.partner(X, j0, j1, dtype, device)
+                else:
+                    zj = zi if j0 == i0 else stats.normalised(X, j0, j1, dtype, device)
                 tile = zi @ zj.T
                 if gram and not square:
                     pack_condensed(tile, i0 - first, j0 - first, n - first, bad[first:], target)
                 else:
                     d = (1 - tile) if gram else stats.distances(tile, i0, j0)
                     if square:
+                        if j0 == i0:  # its upper triangle, mirrored: rounding may leave the tile unsymmetric
+                            d = d.triu(1)
+                            d = d + d.T
                         result[i0:i1, j0:j1] = d
                         result[j0:j1, i0:i1] = d.T
                     else:

@@ -24,19 +24,20 @@ _SUPPORTED = ("cpu-native", "cuda-native", "triton", "torch")
 _NATIVE_DEVICES = ("cpu", "cuda")
 
 
-def channel_axis(x: Tensor, channel_dim: int) -> int:
-    """Validate ``x`` for relu_count and return ``channel_dim`` as a non-negative axis."""
+def channel_axis(x: object, channel_dim: object, name: str = "x") -> int:
+    """Validate the activation ``x`` (named ``name`` in errors) and return ``channel_dim`` as a non-negative
+    axis."""
     if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _DTYPE_CODES:
-        raise TypeError(f"x must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
+        raise TypeError(f"{name} must be a float32, float64, float16 or bfloat16 tensor, got {x.dtype}")
     ndim = x.dim()
     if ndim < 2:
-        raise ValueError(f"x must have at least 2 dims (batch and channel), got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must have at least 2 dims (positions and channel), got shape {tuple(x.shape)}")
     if type(channel_dim) is not int:  # plain ints skip the general check: this runs on every call
         channel_dim = integer(channel_dim, "channel_dim")
     if not -ndim <= channel_dim < ndim:
-        raise ValueError(f"channel_dim must be an int in [{-ndim}, {ndim - 1}] for x of shape "
+        raise ValueError(f"channel_dim must be an int in [{-ndim}, {ndim - 1}] for {name} of shape "
                          f"{tuple(x.shape)}, got {channel_dim!r}")
     return channel_dim % ndim
 
@@ -227,10 +228,11 @@ class _InplaceWithGrad(torch.autograd.Function):
         return _relu_grad(y, grad_y), None
 
 
-def _eager_plain(x: Tensor, out: Tensor | None) -> bool:
-    """True when the call needs nothing from the dispatcher: eager, no autograd, no modes, no subclasses."""
-    return (type(x) is Tensor and (out is None or type(out) is Tensor)
-            and not (x.requires_grad and torch.is_grad_enabled())
+def eager_plain(*tensors: Tensor | None) -> bool:
+    """True when a call on these tensors needs nothing from the dispatcher: eager, no autograd, no modes, no
+    subclasses."""
+    return (all(t is None or type(t) is Tensor for t in tensors)
+            and not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors))
             and not torch.compiler.is_compiling()
             and not torch._C._is_torch_function_mode_enabled()
             and _get_current_dispatch_mode() is None)
@@ -271,7 +273,7 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
                 f"out is a {'leaf Variable' if out.is_leaf else 'tensor'} that requires grad"
             raise RuntimeError(f"relu_count(out=...) does not support autograd ({who}); call it without out= "
                                f"or under torch.no_grad()")
-    if _eager_plain(x, out):
+    if eager_plain(x, out):
         # The registered op costs tens of microseconds of dispatch per call, as much as the kernel on
         # small activations; plain tensors outside tracing and autograd need none of what it adds.
         if inplace:
