@@ -40,8 +40,8 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
         out: ``"condensed"`` (N(N-1)/2 entries, scipy squareform order), ``"square"`` (N x N, zero
             diagonal), or a path ending in ``.npy``: the condensed RDM ((S, P) for a set) written blockwise
             to a memory-mapped file, complete or absent (written under a temporary name, then renamed).
-        block: tile size (rows per GEMM block), a positive int; default about N / 8, between 256 and 1024 (on a
-            GPU between 1024 and 4096).
+        block: tile size (rows per GEMM block), a positive int; default about N / 8, between 1024 and 2048 (on
+            a GPU between 1024 and 4096).
         device: where the GEMMs run (default: X's device), also for ``.npy`` output, which receives the
             condensed RDM one block row at a time. Torch results stay there.
         progress: tqdm bar over tiles.

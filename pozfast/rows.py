@@ -16,6 +16,7 @@ from torch import Tensor
 _KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "c": "complex numbers"}
 _CHUNK_ELEMENTS = 1 << 19  # row chunks of the O(N D) passes: bounded float64 temporaries
 _ROUNDING_ULPS = 4  # a row whose rms spread is within this many eps of its rms value is constant
+PREPARED_BYTES = 256 << 20  # normalised copies of X up to this size are made once (RowBlocks)
 
 
 class ZeroVarianceWarning(RuntimeWarning):
@@ -189,9 +190,12 @@ def row_chunks(n: int, d: int, min_rows: int = 1) -> list[tuple[int, int]]:
 
 
 def default_block(n: int, device: torch.device | str = "cpu") -> int:
-    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs. GPUs
-    # get larger tiles (up to 4096): their GEMMs need the size, and each tile costs a few kernel launches.
-    low, high, step = (1024, 4096, 256) if torch.device(device).type == "cuda" else (256, 1024, 64)
+    # About 8 row blocks: the diagonal tiles (computed whole) then cost 1/8 of the upper-triangle GEMMs. At
+    # least 1024 rows: each tile's GEMM and epilogue are parallel regions that wait for every thread, and on
+    # a busy core each wait costs a time slice, so small N gets a few large tiles (N = 2000: 3 tiles, +10 %
+    # time on an idle machine, a third less under load). GPUs get up to 4096: their GEMMs need the size,
+    # and each tile costs a few kernel launches.
+    low, high, step = (1024, 4096, 256) if torch.device(device).type == "cuda" else (1024, 2048, 64)
     return int(min(high, max(low, -(-n // 8 // step) * step)))
 
 
@@ -239,15 +243,28 @@ def row_stats(X: Tensor, warn: bool = True, name: str = "X", centre: bool = True
 
 
 class RowBlocks:
-    """Normalised row blocks of X; the current i-block is kept while the tiles of its row go by."""
+    """Normalised row blocks of X on ``device`` (``partner=True``: the partner rows of :class:`CrossTerms`).
 
-    def __init__(self, X: Tensor, stats: RowStats, dtype: torch.dtype):
-        self.X, self.stats, self.dtype = X, stats, dtype
-        self._key, self._block = None, None
+    When the whole normalised matrix takes at most PREPARED_BYTES it is made once, in row chunks, and blocks
+    are views of it: one pass of elementwise work instead of one per tile, and per tile only its GEMM and
+    epilogue, so few parallel regions, each of which waits for every thread (what a busy core punishes).
+    Larger inputs get their blocks made on demand; the current i-block is kept while its tiles go by.
+    """
+
+    def __init__(self, X: Tensor, stats: Any, dtype: torch.dtype, device=None, partner: bool = False):
+        self.X, self.dtype = X, dtype
+        self.device = X.device if device is None else torch.device(device)
+        self._rows = stats.partner if partner else stats.normalised
+        self._key, self._block, self._all = None, None, None
+        n, d = X.shape
+        if n * d * dtype.itemsize <= PREPARED_BYTES:
+            self._all = torch.empty((n, d), dtype=dtype, device=self.device)
+            for lo, hi in row_chunks(n, d):
+                self._all[lo:hi] = self._rows(X, lo, hi, dtype, self.device)
 
     def make(self, lo: int, hi: int) -> Tensor:
-        """Rows lo:hi normalised, on X's device."""
-        return self.stats.normalised(self.X, lo, hi, self.dtype, self.X.device)
+        """Rows lo:hi normalised, on the blocks' device."""
+        return self._all[lo:hi] if self._all is not None else self._rows(self.X, lo, hi, self.dtype, self.device)
 
     def get(self, lo: int, hi: int) -> Tensor:
         if self._key != (lo, hi):

@@ -177,6 +177,8 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTe
         condensed_rdm(*triton_operands(X, stats, dtype, device), result)
         return
     bad = stats.bad.to(device=device, dtype=torch.uint8) if gram else None
+    rows = RowBlocks(X, stats, dtype, device)
+    cols = RowBlocks(X, stats, dtype, device, partner=True) if cross else rows
     with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)
@@ -185,13 +187,10 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTe
             first = i0 if staged else 0
             target = torch.empty(_row_start(i1, n) - _row_start(i0, n), dtype=dtype, device=device) \
                 if staged else result
-            zi = stats.normalised(X, i0, i1, dtype, device)
+            zi = rows.get(i0, i1)
             for j0 in range(i0, n, block):
                 j1 = min(j0 + block, n)
-                if cross:
-                    zj = stats.partner(X, j0, j1, dtype, device)
-                else:
-                    zj = zi if j0 == i0 else stats.normalised(X, j0, j1, dtype, device)
+                zj = zi if j0 == i0 and not cross else cols.make(j0, j1)
                 tile = zi @ zj.T
                 if gram and not square:
                     pack_condensed(tile, i0 - first, j0 - first, n - first, bad[first:], target)
