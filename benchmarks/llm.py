@@ -10,7 +10,9 @@ warm-up:
 - plain eager forward;
 - eager forward under ``pozfast.track_apoz`` with the batch's attention mask (1 threshold, and 4);
 - eager forward with the usual masked counting hooks (``((out == 0) & mask).sum`` per ReLU module);
-- ``torch.compile`` plain forward, and compiled forward under tracking (1 and 4 thresholds).
+- ``torch.compile`` plain forward, and compiled forward under tracking (1 and 4 thresholds);
+- the masked counting kernels alone, 1 and 4 thresholds, on an FFN activation, times the number of layers
+  (what the thresholds cost, measured without the forward's noise).
 
 Compile times: each compiled variant in a fresh process (inductor's FX graph cache off), its first compiled
 call minus its second. Counts of every method are checked equal before timing. tokens/s counts every position
@@ -68,6 +70,25 @@ def masked_hooks(model: nn.Module, counts: dict, batch: dict) -> list:
         return hook
 
     return [m.register_forward_hook(make(n)) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+
+def counting_kernels(model: nn.Module, batch: dict, reps: int) -> dict[str, float]:
+    """The masked counting of every FFN activation of one forward alone (the kernels the tracker runs on
+    them, on one layer's activation times the number of layers): its share of a forward is what the
+    thresholds cost, without the forward's own run-to-run noise."""
+    from pozfast.ops.near_zero import near_zero_count_
+
+    cfg = model.config
+    rows = batch["input_ids"].numel()
+    act = torch.relu(torch.randn(rows, cfg.ffn_dim, generator=torch.Generator().manual_seed(2))).to(
+        batch["input_ids"].device)
+    mask = batch["attention_mask"].reshape(-1)  # OPT flattens tokens: (N*L, F) rows
+    counters = {t: torch.zeros(len(THRESHOLDS[t]), cfg.ffn_dim, dtype=torch.int64, device=act.device)
+                for t in THRESHOLDS}
+    fns = {t: (lambda t: lambda: near_zero_count_(counters[t], act, THRESHOLDS[t], -1, mask))(t) for t in THRESHOLDS}
+    kernel = median_seconds(fns, reps=max(reps, 20), warmup=3)
+    return {f"counting kernels alone, {t} threshold{'s' if t > 1 else ''}": kernel[t] * cfg.num_hidden_layers
+            for t in THRESHOLDS}
 
 
 COMPILE_VARIANTS = {"compiled plain": "plain", "compiled, tracking, 1 threshold": "1",
@@ -159,6 +180,7 @@ def main(argv=None) -> str:
             return ""
     with torch.no_grad():
         times = median_seconds(fns, reps=args.reps, warmup=1)
+    times.update(counting_kernels(model, batches[0], args.reps))
     tokens = args.batch * args.length
     base, c_base = times["plain forward"], times.get("compiled plain forward")
     rows = []

@@ -162,6 +162,19 @@ def _rdm_option_errors(args: argparse.Namespace) -> None:
         raise CLIError("--method does not apply to --curve (insertion curves use correlation RDMs)")
     if mode == "--curve" and args.plot:
         raise CLIError("--plot does not apply to --curve (curve.png is always written)")
+    crossnobis = args.method is not None and args.method.strip().lower() == "crossnobis"
+    for given, option in [(args.conditions, "--conditions"), (args.folds, "--folds"), (args.noise, "--noise")]:
+        if given is not None and not crossnobis:
+            raise CLIError(f"{option} needs --method crossnobis; without it {option} would be ignored")
+    if crossnobis and args.conditions is None:
+        raise CLIError("--method crossnobis needs --conditions FILE: the condition of each row of the features")
+
+
+def _crossnobis_options(args: argparse.Namespace) -> dict:
+    """pozfast.rdm's crossnobis arguments from --conditions, --folds and --noise."""
+    return {"descriptor": _read_labels(args.conditions),
+            "cv_descriptor": _read_labels(args.folds) if args.folds else None,
+            "noise": load_array(args.noise).double().numpy() if args.noise else None}
 
 
 def cmd_rdm(args: argparse.Namespace) -> int:
@@ -176,6 +189,7 @@ def cmd_rdm(args: argparse.Namespace) -> int:
                              "--compare-method")
     out = output_folder(args.out)
     progress = not args.no_progress
+    options = _crossnobis_options(args) if method == "crossnobis" else {}
     X, given_rdm = load_input(args.features, args.kind, "--kind")
     if X is None and args.method is not None and not args.compare:
         raise CLIError(f"--method computes an RDM from features, but {args.features} is an RDM")
@@ -189,8 +203,8 @@ def cmd_rdm(args: argparse.Namespace) -> int:
             result = pozfast.rdm_similarity(X, Y if Y is not None else other_rdm, compare_method,
                                             y_kind="features" if Y is not None else "rdm", progress=progress)
         else:
-            a = given_rdm if X is None else pozfast.rdm(X, method=method, progress=progress)
-            b = other_rdm if Y is None else pozfast.rdm(Y, method=method, progress=progress)
+            a = given_rdm if X is None else pozfast.rdm(X, method=method, progress=progress, **options)
+            b = other_rdm if Y is None else pozfast.rdm(Y, method=method, progress=progress, **options)
             result = pozfast.compare_rdms(a, b, compare_method)
         if not isinstance(result, pozfast.Comparison):
             raise CLIError(f"--compare compares one RDM with one RDM; the inputs hold sets (values {result.shape})")
@@ -214,8 +228,8 @@ def cmd_rdm(args: argparse.Namespace) -> int:
                   f"{c.value_at(0.25):.4f} / {c.value_at(0.5):.4f} / {c.values[-1]:.4f}")
         print(f"wrote {out / 'curve.png'}")
     elif X is not None:
-        rdm_path = pozfast.rdm(X, method=method, out=str(out / "rdm.npy"), progress=progress)
-        n = X.shape[0]
+        rdm_path = pozfast.rdm(X, method=method, out=str(out / "rdm.npy"), progress=progress, **options)
+        n = len(set(options["descriptor"])) if options else X.shape[0]
         numbers = {"n_items": n, "n_pairs": n * (n - 1) // 2, "rdm": str(rdm_path), "method": method,
                    "order": "scipy squareform (condensed)"}
         print(f"wrote the condensed {method} RDM of {n} items ({n * (n - 1) // 2} pairs) to {rdm_path}")
@@ -227,8 +241,9 @@ def cmd_rdm(args: argparse.Namespace) -> int:
         import numpy as np
 
         shown = given_rdm if X is None else (np.load(rdm_path, mmap_mode="r") if rdm_path is not None
-                                            else pozfast.rdm(X, method=method, progress=progress))
-        labels = _read_labels(args.labels) if args.labels else None
+                                            else pozfast.rdm(X, method=method, progress=progress, **options))
+        labels = _read_labels(args.labels) if args.labels else \
+            sorted(set(options["descriptor"])) if options else None
         pozfast.plot_rdm(shown, labels=labels, path=out / "rdm.png", title=None if X is None else method)
         numbers["plot"] = str(out / "rdm.png")
         print(f"wrote {out / 'rdm.png'}")
@@ -374,7 +389,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default="pozfast-rdm", metavar="DIR", help="output folder (default: %(default)s)")
     r.add_argument("--method", metavar="NAME",
                    help="dissimilarity of RDMs computed from features: correlation (default), euclidean, "
-                        "sqeuclidean, cosine (rsatoolbox names accepted)")
+                        "sqeuclidean, cosine, crossnobis (with --conditions; rsatoolbox names accepted)")
+    r.add_argument("--conditions", metavar="FILE",
+                   help="--method crossnobis: the condition of each row (observation) of the features, one per "
+                        "line; the RDM's items are the conditions, sorted as text")
+    r.add_argument("--folds", metavar="FILE",
+                   help="--method crossnobis: the fold (run) of each row, one per line (default: the k-th row of "
+                        "each condition is in fold k)")
+    r.add_argument("--noise", metavar="FILE",
+                   help="--method crossnobis: the (D, D) noise precision matrix, .npy or .pt (default: identity)")
     r.add_argument("--compare", metavar="FILE", help="features (N, D2) or an RDM to compare INPUT's RDM with")
     r.add_argument("--y-kind", choices=["auto", "features", "rdm", "similarity"], help="what --compare holds")
     r.add_argument("--compare-method", metavar="NAME",

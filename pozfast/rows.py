@@ -34,7 +34,9 @@ def as_tensor(a: Any, name: str) -> Tensor:
     if isinstance(a, np.ndarray):
         if a.dtype.kind not in "biuf":
             raise TypeError(f"{name} must hold real numbers, got {_KINDS.get(a.dtype.kind, a.dtype)}")
-        a = torch.from_numpy(a)
+        with warnings.catch_warnings():  # read-only arrays (memory-mapped files) are fine: inputs are only read
+            warnings.filterwarnings("ignore", "The given NumPy array is not writable", UserWarning)
+            a = torch.from_numpy(a)
     if not isinstance(a, Tensor):
         raise TypeError(f"{name} must be a torch tensor or numpy array, got {type(a).__name__}")
     if a.is_complex():

@@ -167,3 +167,36 @@ def test_bad_input():
         bad = X.copy()
         bad[3, 2] = np.inf
         pozfast.rdm(bad, method="crossnobis", descriptor=conds, cv_descriptor=folds)
+
+
+def test_cli(tmp_path):
+    import contextlib
+    import io
+    import json
+
+    from pozfast.cli import main
+
+    X, conds, folds = _observations(9, n_cond=7)
+    names = [f"stim{c}" for c in conds]
+    np.save(tmp_path / "obs.npy", X)
+    (tmp_path / "conds.txt").write_text("\n".join(names) + "\n")
+    (tmp_path / "runs.txt").write_text("\n".join(map(str, folds)) + "\n")
+    prec = _precision(X.shape[1])
+    np.save(tmp_path / "prec.npy", prec)
+
+    def run(*args):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            status = main(["rdm", str(tmp_path / "obs.npy"), *map(str, args), "--no-progress"])
+        return status, err.getvalue()
+
+    status, err = run("--method", "crossnobis", "--conditions", tmp_path / "conds.txt", "--folds",
+                      tmp_path / "runs.txt", "--noise", tmp_path / "prec.npy", "--plot", "--out", tmp_path / "cn")
+    assert status == 0, err
+    want = _reference(X, np.array(names), folds, prec)
+    assert np.abs(np.load(tmp_path / "cn" / "rdm.npy") - want).max() <= 1e-12 * np.abs(want).max()
+    assert json.loads((tmp_path / "cn" / "result.json").read_text())["n_items"] == 7
+    assert (tmp_path / "cn" / "rdm.png").is_file()
+    assert run("--method", "crossnobis", "--out", tmp_path / "x")[0] == 2  # no --conditions
+    status, err = run("--folds", tmp_path / "runs.txt", "--out", tmp_path / "y")
+    assert status == 2 and "--folds needs --method crossnobis" in err
