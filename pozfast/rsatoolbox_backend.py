@@ -108,13 +108,12 @@ def _pozfast_rdms(dataset, method: str, descriptor):
 def _comparison(original, method: str, parse_input):
     @functools.wraps(original)
     def compare(rdm1, rdm2):
-        from pozfast.geometry import compare_rdms
+        from pozfast.rdm_sets import compare_rdm_sets
 
         # rsatoolbox's NaN rules: a pair missing in any RDM of either set is left out of every comparison
         kept1, kept2, kept = parse_input(rdm1, rdm2)
         vectors1, vectors2 = (np.full((len(v), kept.size), np.nan) for v in (kept1, kept2))
         vectors1[:, kept], vectors2[:, kept] = kept1, kept2
-        values = np.array([[compare_rdms(a, b, method).value for b in vectors2] for a in vectors1], dtype=np.float64)
-        return np.nan_to_num(values, nan=0.0)
+        return np.nan_to_num(compare_rdm_sets(vectors1, vectors2, method), nan=0.0)  # each RDM ranked once
 
     return compare
