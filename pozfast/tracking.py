@@ -26,7 +26,8 @@ activation module to itself). The key is that module's qualified name (``"<root>
 with ``":i"`` appended when the module makes more than one tracked call per forward (torchvision's BasicBlock
 reuses one ``nn.ReLU``: ``layer1.0.relu:0`` and ``layer1.0.relu:1``). Names are those of the bare model
 under ``torch.compile``, DistributedDataParallel and FSDP wrappers. Which module is running is known from
-forward hooks on every module of the model (no stack inspection).
+forward hooks on every module of the model (no stack inspection); once a compiled model's sites are known,
+only the modules that need them keep hooks (see Compiled models).
 
 Compiled models: the hooks and the ``TorchFunctionMode`` that routes activation calls are traced by
 ``torch.compile`` like the model's own code, so which counter a call feeds is fixed when the graph is
@@ -35,8 +36,10 @@ break (``fullgraph=True`` works where the model allows it). Under compilation a 
 ``torch.relu`` (which inductor fuses into its producer) followed by the counting op. The first tracked
 forward of a model that holds compiled parts (``torch.compile`` wrappers, ``Module.compile``) runs them
 uncompiled (only those modules, not process-wide), so that layer keys, channel axes and producers are found
-as for an eager model; a call site first met inside a compiled graph gets the default channel axis and no
-producers. Changing what is tracked (another tracker with other sites, thresholds or kinds) recompiles.
+as for an eager model; after it, only the root, the activation modules and the modules that make tracked
+calls keep hooks, so the compiled graph traces no hook that does nothing (a call site first met inside a
+compiled graph gets the default channel axis and no producers, and is counted under its nearest module
+with hooks). Changing what is tracked (another tracker with other sites, thresholds or kinds) recompiles.
 
 Producers: each site records the Conv/Linear modules whose output reaches the activation through
 per-channel modules and ops (BatchNorm, Dropout, pooling, Identity, reshapes, residual adds):
@@ -186,7 +189,7 @@ class APoZTracker:
         self._calls: dict[str, int] = {}
         self._stack: list[str] = []
         self._producers: dict[int, tuple[weakref.ref, int | None, tuple[str, ...]]] = {}
-        self._handles: list = []
+        self._handles: dict[nn.Module, list] = {}
         self._restore_compiled = None
         self._open = False
         self._mask: Tensor | None = None
@@ -200,7 +203,7 @@ class APoZTracker:
             raise RuntimeError("this tracker is already active")
         self._module_kinds = {self._names[module]: kind for module, kind in
                               activation_kinds.module_kinds(self._names).items() if kind in self.kinds}
-        for module, name in self._names.items():
+        for module, name in self._hooked().items():
             self._hook(module, name)
         if not self._sites and is_compiled(self.model):
             self._restore_compiled = bypass_compiled(self.model)  # the first forward finds sites eagerly
@@ -218,14 +221,33 @@ class APoZTracker:
             mode.__exit__(*exc)
             _active.mode = None
         self._compiled_back()
-        for h in self._handles:
-            h.remove()
+        for handles in self._handles.values():
+            for h in handles:
+                h.remove()
         self._handles.clear()
 
     def _compiled_back(self) -> None:
         if self._restore_compiled is not None:
             self._restore_compiled()
             self._restore_compiled = None
+
+    def _hooked(self) -> dict[nn.Module, str]:
+        """The modules that get hooks: all of them; in a compiled model whose sites are known, only the
+        root, the activation modules and the modules that make tracked calls. A compiled graph then traces
+        hooks only where they do something: tracking adds less to compiling (and a call that first appears
+        later, in a module without hooks, is counted under its nearest hooked ancestor)."""
+        if not (self._sites and is_compiled(self.model)):
+            return self._names
+        keep = {site.module for site in self._sites.values()} | set(self._module_kinds) | {self._names[self.root]}
+        return {module: name for module, name in self._names.items() if name in keep}
+
+    def _drop_unused_hooks(self) -> None:
+        """Remove the hooks that :meth:`_hooked` no longer asks for (after a compiled model's sites are
+        found); the hooks dicts are copied before hooks run, so this may run inside one."""
+        keep = self._hooked()
+        for module in [m for m in self._handles if m not in keep]:
+            for h in self._handles.pop(module):
+                h.remove()
 
     def _hook(self, module: nn.Module, name: str) -> None:
         """Forward hooks that keep the stack of running modules, and do this module's own part: begin and
@@ -252,8 +274,8 @@ class APoZTracker:
             if root:
                 self._end()
 
-        self._handles += [module.register_forward_pre_hook(enter, with_kwargs=root),
-                          module.register_forward_hook(leave)]
+        self._handles[module] = [module.register_forward_pre_hook(enter, with_kwargs=root),
+                                 module.register_forward_hook(leave)]
 
     def _begin(self, kwargs: dict | None) -> None:
         if self._open:  # the previous forward raised before it returned: its counts are dropped
@@ -301,6 +323,7 @@ class APoZTracker:
         self._forwards.add_(1)
         if self._restore_compiled is not None and not torch.compiler.is_compiling():
             self._compiled_back()  # sites found: later forwards run compiled
+            self._drop_unused_hooks()
 
     def _discard(self) -> None:
         if self._touched:
