@@ -4,7 +4,7 @@
 
 1. A study: 5 subjects x 2000 stimuli x 512 features, two observations per stimulus averaged per
    stimulus (rsatoolbox: ``calc_rdm(..., descriptor=...)``; pozfast: a torch mean per stimulus, then
-   ``rdm_set``), the 5 x 5 Spearman comparison of the subjects' RDMs, the noise ceiling, and a
+   ``pozfast.rdm`` of the stack), the 5 x 5 Spearman comparison of the subjects' RDMs, the noise ceiling, and a
    1000-sample bootstrap over subjects of two model RDMs with the noise ceiling on every sample
    (``eval_bootstrap_rdm``). rsatoolbox's bootstrap would take hours: its time per sample is measured on
    ``--rsatoolbox-samples`` samples and multiplied by 1000 (marked "extrapolated").
@@ -34,7 +34,7 @@ from benchmarks._timing import machine_description, median_seconds, print_table 
 import pozfast  # noqa: E402
 from pozfast.inference import eval_bootstrap, noise_ceiling  # noqa: E402
 from pozfast.ops import ranks  # noqa: E402
-from pozfast.rdm_sets import compare_rdm_sets, rdm_set  # noqa: E402
+from pozfast.rdm_sets import compare_rdm_sets  # noqa: E402
 
 
 def study_data(n_subjects: int, n_stimuli: int, n_features: int, repeats: int, seed: int = 0):
@@ -74,8 +74,8 @@ def study(args, rows) -> None:
     def ours():
         steps = {}
         steps["RDMs (descriptor averaging)"], data = timed(
-            lambda: rdm_set(average_per_stimulus(obs, labels, n_stimuli)).double().numpy())
-        models = rdm_set(model_features).double().numpy()
+            lambda: pozfast.rdm(average_per_stimulus(obs, labels, n_stimuli)).numpy())
+        models = pozfast.rdm(model_features)  # a list of numpy arrays: numpy out
         steps["5 x 5 Spearman"], _ = timed(lambda: compare_rdm_sets(data, data, "spearman"))
         steps["noise ceiling"], nc = timed(lambda: noise_ceiling(data, "spearman"))
         steps[f"bootstrap {n_boot} + ceiling"], boot = timed(

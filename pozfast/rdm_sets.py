@@ -1,4 +1,4 @@
-"""Sets of RDMs: one RDM per subject from a stack of datasets, and every comparison between two sets, as
+"""Sets of RDMs: every comparison between two sets, as
 ``rsatoolbox.rdm.compare`` computes them, with each RDM ranked once.
 
 A set is a float64 (n, P) stack of condensed RDMs (P = N(N-1)/2 pairs, scipy ``squareform`` order).
@@ -20,42 +20,9 @@ from torch import Tensor
 
 from pozfast.comparison import METHODS
 from pozfast.ops import ranks
-from pozfast.rdms import rdm
 from pozfast.rows import as_condensed, as_tensor, n_items
 
 LINEAR_METHODS = ("pearson", "r2", "spearman", "cosine")  # an inner product of prepared rows
-
-
-def rdm_set(data: Any, *, block: int | None = None, device: str | torch.device | None = None,
-            progress: bool = False) -> Tensor:
-    """One Pearson RDM per subject (:func:`pozfast.rdm` each).
-
-    Args:
-        data: an (S, N, D) stack (tensor or numpy array), or a list of S (N, D_s) datasets: the same N
-            items in the same order for every subject, features free to differ in number.
-        block, device, progress: as :func:`pozfast.rdm`.
-    Returns:
-        (S, N(N-1)/2) condensed RDMs, float64 (as :func:`pozfast.rdm` gives them).
-    """
-    if isinstance(data, (list, tuple)):
-        if not data:
-            raise ValueError("data must hold at least one dataset, got an empty list")
-        datasets = [as_tensor(d, f"data[{s}]") for s, d in enumerate(data)]
-        for s, d in enumerate(datasets):
-            if d.dim() != 2:
-                raise ValueError(f"data[{s}] must be 2-D (N items x D features), got shape {tuple(d.shape)}")
-            if d.shape[0] != datasets[0].shape[0]:
-                raise ValueError(f"every dataset must hold the same N items: data[0] has {datasets[0].shape[0]} "
-                                 f"rows, data[{s}] has {d.shape[0]}")
-    else:
-        stack = as_tensor(data, "data")
-        if stack.dim() != 3:
-            raise ValueError(f"data must be an (S, N, D) stack or a list of (N, D) datasets, got shape "
-                             f"{tuple(stack.shape)}")
-        if stack.shape[0] == 0:
-            raise ValueError("data must hold at least one dataset, got an (0, N, D) stack")
-        datasets = list(stack.unbind(0))
-    return torch.stack([rdm(d, block=block, device=device, progress=progress) for d in datasets])
 
 
 def as_rdm_stack(rdms: Any, name: str = "rdms", kind: str = "dissimilarity") -> np.ndarray:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pozfast.inference import eval_bootstrap, noise_ceiling, permutation_test
-from pozfast.rdm_sets import PreparedSet, compare_prepared, compare_rdm_sets, rdm_set
+from pozfast.rdm_sets import PreparedSet, compare_prepared, compare_rdm_sets
 from pozfast.rdms import rdm
 
 rsatoolbox = pytest.importorskip("rsatoolbox")
@@ -100,23 +100,19 @@ def test_set_comparison_inputs():
         compare_rdm_sets(squares[0], condensed)
 
 
-def test_rdm_set_gives_one_rdm_per_subject():
+def test_rdm_of_a_set_gives_one_rdm_per_subject():
     rng = np.random.default_rng(4)
     stack = rng.standard_normal((3, 20, 7))
-    out = rdm_set(stack)
-    assert out.shape == (3, 190) and out.dtype == torch.float64
+    out = rdm(stack)
+    assert out.shape == (3, 190) and out.dtype == np.float64
     for s in range(3):
-        np.testing.assert_array_equal(out[s].numpy(), rdm(stack[s]))
+        np.testing.assert_array_equal(out[s], rdm(stack[s]))
     ragged = [rng.standard_normal((20, d)).astype(np.float32) for d in (5, 9)]
-    out = rdm_set(ragged)
-    assert out.dtype == torch.float64
-    np.testing.assert_array_equal(out[1].numpy(), rdm(ragged[1]))
-    with pytest.raises(ValueError, match="same N items"):
-        rdm_set([np.ones((4, 3)), np.ones((5, 3))])
-    with pytest.raises(ValueError, match=r"\(S, N, D\) stack"):
-        rdm_set(np.ones((4, 3)))
-    with pytest.raises(ValueError, match="at least one dataset"):
-        rdm_set([])
+    out = rdm(ragged)
+    assert out.dtype == np.float64
+    np.testing.assert_array_equal(out[1], rdm(ragged[1]))
+    with pytest.raises(ValueError, match="same items in every member"):
+        rdm([np.ones((4, 3)), np.ones((5, 3))])
 
 
 # Noise ceiling -----------------------------------------------------------------------------------------------
