@@ -119,13 +119,18 @@ def _tracking_overhead(dev: torch.device, reps: int) -> list[list[str]]:
     x = torch.randn(64, 3, 224, 224, device=dev)
 
     tracker = pozfast.track_apoz(model)
+    entered = pozfast.track_apoz(model)
 
-    def tracked():
+    def tracked_each():  # a `with` per forward: the hooks are registered and removed every time
         with tracker:
             model(x)
 
     with torch.no_grad():
-        times = median_seconds({"plain": lambda: model(x), "tracked": tracked}, reps=reps, warmup=3)
+        times = median_seconds({"plain": lambda: model(x), "tracked, a with per forward": tracked_each},
+                               reps=reps, warmup=3)
+        with entered:  # one `with` around the loop, as pozfast.apoz and the README's loop run
+            times["tracked, one with around the loop"] = median_seconds({"t": lambda: model(x)}, reps=reps,
+                                                                        warmup=3)["t"]
     return [["ResNet-50 forward, batch 64", name, f"{t * 1e3:.2f}", f"{64 / t:.0f} images/s",
              f"{100 * (t / times['plain'] - 1):+.1f}% over plain"] for name, t in times.items()]
 
