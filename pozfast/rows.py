@@ -247,19 +247,21 @@ def row_stats(X: Tensor, warn: bool = True, name: str = "X", centre: bool = True
 class RowBlocks:
     """Normalised row blocks of X on ``device`` (``partner=True``: the partner rows of :class:`CrossTerms`).
 
-    When the whole normalised matrix takes at most PREPARED_BYTES it is made once, in row chunks, and blocks
-    are views of it: one pass of elementwise work instead of one per tile, and per tile only its GEMM and
-    epilogue, so few parallel regions, each of which waits for every thread (what a busy core punishes).
-    Larger inputs get their blocks made on demand; the current i-block is kept while its tiles go by.
+    With ``prepare``, when the whole normalised matrix takes at most PREPARED_BYTES it is made once, in row
+    chunks, and blocks are views of it: one pass of elementwise work instead of one per tile, and per tile
+    only its GEMM and epilogue, so few parallel regions, each of which waits for every thread (what a busy
+    core punishes). Otherwise (streaming comparisons keep their memory at a few blocks) blocks are made on
+    demand; the current i-block is kept while its tiles go by.
     """
 
-    def __init__(self, X: Tensor, stats: Any, dtype: torch.dtype, device=None, partner: bool = False):
+    def __init__(self, X: Tensor, stats: Any, dtype: torch.dtype, device=None, partner: bool = False,
+                 prepare: bool = False):
         self.X, self.dtype = X, dtype
         self.device = X.device if device is None else torch.device(device)
         self._rows = stats.partner if partner else stats.normalised
         self._key, self._block, self._all = None, None, None
         n, d = X.shape
-        if n * d * dtype.itemsize <= PREPARED_BYTES:
+        if prepare and n * d * dtype.itemsize <= PREPARED_BYTES:
             self._all = torch.empty((n, d), dtype=dtype, device=self.device)
             for lo, hi in row_chunks(n, d):
                 self._all[lo:hi] = self._rows(X, lo, hi, dtype, self.device)

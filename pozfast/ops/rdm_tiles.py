@@ -177,8 +177,8 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTe
         condensed_rdm(*triton_operands(X, stats, dtype, device), result)
         return
     bad = stats.bad.to(device=device, dtype=torch.uint8) if gram else None
-    rows = RowBlocks(X, stats, dtype, device)
-    cols = RowBlocks(X, stats, dtype, device, partner=True) if cross else rows
+    rows = RowBlocks(X, stats, dtype, device, prepare=True)  # an RDM's N x N result dwarfs an N x D copy
+    cols = RowBlocks(X, stats, dtype, device, partner=True, prepare=True) if cross else rows
     with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)
