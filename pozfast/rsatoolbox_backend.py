@@ -1,8 +1,11 @@
 """One line for rsatoolbox users: ``pozfast.install_rsatoolbox_backend()`` makes rsatoolbox's own functions
 compute with pozfast where pozfast has the method, keeping rsatoolbox's semantics and objects:
 
-- ``rsatoolbox.rdm.calc_rdm(..., method="correlation")`` (single Datasets, lists of them with the same
-  conditions, ``descriptor=`` averaging, and what calls it: ``calc_rdm_movie``, searchlights);
+- ``rsatoolbox.rdm.calc_rdm(..., method="correlation")`` and ``"euclidean"`` (rsatoolbox's: squared
+  distance over the channel count; without ``remove_mean``) for single Datasets, lists of them with the same
+  conditions, ``descriptor=`` averaging, and what calls it: ``calc_rdm_movie``, searchlights;
+- ``calc_rdm(..., method="crossnobis")`` of one Dataset (``noise`` one precision or one per fold,
+  ``cv_descriptor``; without ``remove_mean``);
 - ``rsatoolbox.rdm.compare`` with ``"corr"``, ``"spearman"``, ``"cosine"`` and ``"tau-a"`` (and everything
   built on it: ``eval_fixed``, ``eval_bootstrap_*``, noise ceilings, model fitting).
 
@@ -17,15 +20,16 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import sys
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-# rsatoolbox calc_rdm method -> pozfast RDM method (rsatoolbox's "euclidean" is the squared distance over
-# the channel count: it joins this table when pozfast.rdm computes it).
-_RDM_METHODS = {"correlation": "correlation"}
+# rsatoolbox calc_rdm method -> (pozfast RDM method, divided by the channel count, rsatoolbox's measure name)
+_RDM_METHODS = {"correlation": ("correlation", False, "correlation"),
+                "euclidean": ("sqeuclidean", True, "squared euclidean")}
 # rsatoolbox compare function -> pozfast comparison method.
 _COMPARE_FUNCTIONS = {"compare_correlation": "pearson", "compare_spearman": "spearman", "compare_cosine": "cosine",
                       "compare_kendall_tau_a": "kendall_tau_a"}
@@ -33,8 +37,8 @@ _installed: dict[tuple[str, str], Any] = {}  # (module, attribute) -> rsatoolbox
 
 
 def install_rsatoolbox_backend() -> None:
-    """Route rsatoolbox's correlation RDMs and its corr / spearman / cosine / tau-a comparisons to pozfast
-    (idempotent). Needs rsatoolbox 0.3."""
+    """Route rsatoolbox's correlation, euclidean and crossnobis RDMs and its corr / spearman / cosine / tau-a
+    comparisons to pozfast (idempotent). Needs rsatoolbox 0.3."""
     try:
         importlib.import_module("rsatoolbox")
         calc = importlib.import_module("rsatoolbox.rdm.calc")
@@ -73,36 +77,48 @@ def _replace_everywhere(original, function) -> None:
 
 
 def _calc_rdm(original):
+    signature = inspect.signature(original)
+
     @functools.wraps(original)
-    def calc_rdm(dataset, method="euclidean", descriptor=None, *args, **kwargs):
-        rdms = _pozfast_rdms(dataset, method, descriptor) if method in _RDM_METHODS else None
-        return rdms if rdms is not None else original(dataset, method, descriptor, *args, **kwargs)
+    def calc_rdm(*args, **kwargs):
+        given = signature.bind(*args, **kwargs)
+        given.apply_defaults()
+        rdms = _pozfast_rdms(**given.arguments)
+        return rdms if rdms is not None else original(*args, **kwargs)
 
     return calc_rdm
 
 
-def _pozfast_rdms(dataset, method: str, descriptor):
-    """calc_rdm's result computed by pozfast, or None where rsatoolbox should do it: measurements that are
-    not finite 2-D floats, and inputs pozfast does not take (e.g. datasets with different conditions, which
-    rsatoolbox merges with missing pairs). The other arguments (noise, cv_descriptor, priors, remove_mean)
-    do not change a correlation RDM, as in rsatoolbox."""
+def _pozfast_rdms(dataset, method="euclidean", descriptor=None, noise=None, cv_descriptor=None, remove_mean=False,
+                  **_):
+    """calc_rdm's result computed by pozfast, or None where rsatoolbox should do it: other methods,
+    ``remove_mean`` (except for correlation, which it does not change), measurements that are not finite 2-D
+    floats, and inputs pozfast does not take (e.g. datasets with different conditions, which rsatoolbox
+    merges with missing pairs, or crossnobis of a list of datasets). The priors concern Poisson RDMs only."""
     import torch
 
     from pozfast.geometry import rdm
     from pozfast.interop import as_feature_set, rdms_out
 
+    if method not in (*_RDM_METHODS, "crossnobis") or (remove_mean and method != "correlation"):
+        return None
     members = list(dataset) if isinstance(dataset, Iterable) else [dataset]
     for ds in members:
         measurements = np.asarray(getattr(ds, "measurements", None))
         if measurements.ndim != 2 or measurements.dtype.kind != "f" or not np.isfinite(measurements).all():
             return None
     try:
+        if method == "crossnobis":
+            if isinstance(dataset, Iterable) or not isinstance(descriptor, str):
+                return None
+            return rdm(dataset, method="crossnobis", descriptor=descriptor, cv_descriptor=cv_descriptor, noise=noise)
         mats, form = as_feature_set(members if isinstance(dataset, Iterable) else dataset, "dataset",
                                     descriptor=descriptor)
     except (ValueError, KeyError, TypeError):
         return None
-    rdms = [rdm(X) for X in mats]  # _RDM_METHODS[method] once pozfast.rdm takes method=
-    return rdms_out(torch.stack(rdms) if form.is_set else rdms[0], form, measure=method)
+    ours, per_channel, measure = _RDM_METHODS[method]
+    rdms = [rdm(X, method=ours) / (X.shape[1] if per_channel else 1) for X in mats]
+    return rdms_out(torch.stack(rdms) if form.is_set else rdms[0], form, measure=measure)
 
 
 def _comparison(original, method: str, parse_input):

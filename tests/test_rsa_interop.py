@@ -525,13 +525,13 @@ def test_backend_calc_rdm_equals_rsatoolbox(backend, monkeypatch):
 
     calls = []
     real = pozfast.geometry.rdm
-    monkeypatch.setattr(pozfast.geometry, "rdm", lambda X: calls.append(X.shape) or real(X))
+    monkeypatch.setattr(pozfast.geometry, "rdm", lambda X, **kw: calls.append(X.shape) or real(X, **kw))
     datasets = [_dataset(seed=s, subject=s) for s in range(3)]
     cases = [(datasets[0], "conds"), (datasets[0], None), (datasets, "conds")]
     ours = [rdm_package.calc_rdm(ds, method="correlation", descriptor=desc) for ds, desc in cases]
     assert len(calls) == 5
     # rsatoolbox's own: another method, datasets with different conditions (merged with missing pairs), NaN
-    euclidean = rdm_package.calc_rdm(datasets[0], method="euclidean", descriptor="conds")
+    mahalanobis = rdm_package.calc_rdm(datasets[0], method="mahalanobis", descriptor="conds")
     with_nan = _dataset(seed=9)
     with_nan.measurements[0, 0] = np.nan
     own = [([datasets[0], _dataset(seed=8, n_cond=10)], "conds"), (with_nan, "conds")]
@@ -543,7 +543,36 @@ def test_backend_calc_rdm_equals_rsatoolbox(backend, monkeypatch):
         np.testing.assert_allclose(a.dissimilarities, b.dissimilarities, rtol=0, atol=1e-10)
         assert a.dissimilarity_measure == b.dissimilarity_measure
         assert desc_eq(a.pattern_descriptors, b.pattern_descriptors) and desc_eq(a.rdm_descriptors, b.rdm_descriptors)
-    assert euclidean == rdm_package.calc_rdm(datasets[0], method="euclidean", descriptor="conds")
+    assert mahalanobis == rdm_package.calc_rdm(datasets[0], method="mahalanobis", descriptor="conds")
+
+
+def test_backend_euclidean_and_crossnobis_equal_rsatoolbox(backend, monkeypatch):
+    import rsatoolbox.rdm as rdm_package
+    from rsatoolbox.util.descriptor_utils import desc_eq
+
+    calls = []
+    real = pozfast.geometry.rdm
+    monkeypatch.setattr(pozfast.geometry, "rdm", lambda X, **kw: calls.append(kw["method"]) or real(X, **kw))
+    datasets = [_dataset(seed=s, subject=s, repeats=(3,)) for s in range(2)]
+    precision = np.linalg.inv(np.cov(np.random.default_rng(5).normal(size=(40, 9)).T))
+    cases = [dict(dataset=datasets[0], method="euclidean", descriptor="conds"),
+             dict(dataset=datasets, method="euclidean", descriptor="conds"),
+             dict(dataset=datasets[1], method="euclidean", descriptor=None),
+             dict(dataset=datasets[0], method="crossnobis", descriptor="conds", cv_descriptor="run"),
+             dict(dataset=datasets[0], method="crossnobis", descriptor="conds", noise=precision),
+             dict(dataset=datasets[0], method="crossnobis", descriptor="conds", cv_descriptor="run",
+                  noise=[precision, 2 * precision, precision / 2])]
+    ours = [rdm_package.calc_rdm(**case) for case in cases]
+    assert calls == ["sqeuclidean"] * 4 + ["crossnobis"] * 3
+    own = rdm_package.calc_rdm(datasets[0], method="euclidean", descriptor="conds", remove_mean=True)
+    assert len(calls) == 7  # remove_mean: rsatoolbox's own
+    pozfast.uninstall_rsatoolbox_backend()
+    assert own == rdm_package.calc_rdm(datasets[0], method="euclidean", descriptor="conds", remove_mean=True)
+    for case, a in zip(cases, ours):
+        b = rdm_package.calc_rdm(**case)
+        np.testing.assert_allclose(a.dissimilarities, b.dissimilarities, rtol=1e-10, atol=1e-12)
+        assert a.dissimilarity_measure == b.dissimilarity_measure
+        assert desc_eq(a.pattern_descriptors, b.pattern_descriptors) and desc_eq(a.rdm_descriptors, b.rdm_descriptors)
 
 
 @pytest.mark.filterwarnings("ignore::scipy.stats.ConstantInputWarning")  # the constant RDM, on purpose
