@@ -162,16 +162,18 @@ def _rdm_option_errors(args: argparse.Namespace) -> None:
         raise CLIError("--method does not apply to --curve (insertion curves use correlation RDMs)")
     if mode == "--curve" and args.plot:
         raise CLIError("--plot does not apply to --curve (curve.png is always written)")
-    crossnobis = args.method is not None and args.method.strip().lower() == "crossnobis"
-    for given, option in [(args.conditions, "--conditions"), (args.folds, "--folds"), (args.noise, "--noise")]:
-        if given is not None and not crossnobis:
-            raise CLIError(f"{option} needs --method crossnobis; without it {option} would be ignored")
-    if crossnobis and args.conditions is None:
+
+
+def _crossnobis_options(args: argparse.Namespace, method: str) -> dict:
+    """pozfast.rdm's crossnobis arguments from --conditions, --folds and --noise (none for other methods,
+    where those options are errors)."""
+    if method != "crossnobis":
+        for given, option in [(args.conditions, "--conditions"), (args.folds, "--folds"), (args.noise, "--noise")]:
+            if given is not None:
+                raise CLIError(f"{option} needs --method crossnobis; without it {option} would be ignored")
+        return {}
+    if args.conditions is None:
         raise CLIError("--method crossnobis needs --conditions FILE: the condition of each row of the features")
-
-
-def _crossnobis_options(args: argparse.Namespace) -> dict:
-    """pozfast.rdm's crossnobis arguments from --conditions, --folds and --noise."""
     return {"descriptor": _read_labels(args.conditions),
             "cv_descriptor": _read_labels(args.folds) if args.folds else None,
             "noise": load_array(args.noise).double().numpy() if args.noise else None}
@@ -187,9 +189,9 @@ def cmd_rdm(args: argparse.Namespace) -> int:
     method = _method(args.method or "correlation", "rdm", "--method")
     compare_method = _method(args.compare_method or ("r2" if args.curve else "pearson"), "compare",
                              "--compare-method")
+    options = _crossnobis_options(args, method)
     out = output_folder(args.out)
     progress = not args.no_progress
-    options = _crossnobis_options(args) if method == "crossnobis" else {}
     X, given_rdm = load_input(args.features, args.kind, "--kind")
     if X is None and args.method is not None and not args.compare:
         raise CLIError(f"--method computes an RDM from features, but {args.features} is an RDM")

@@ -158,14 +158,15 @@ def crossnobis_inputs(X: Any, descriptor: Any, cv_descriptor: Any, noise: Any,
                          "descriptor's name for rsatoolbox Datasets, else one label per row of X)")
     datasets = isinstance(descriptor, str)
     if datasets:
-        mats, form = as_feature_set(X, name, descriptor=descriptor)  # checks the Datasets, makes the Form
+        _, form = as_feature_set(X, name, descriptor=descriptor)  # checks the Datasets, makes the Form
         members = [X] if not form.is_set else list(X)
         observations = [as_feature_set(ds, name)[0][0] for ds in members]
         labelled = [_dataset_labels(ds, descriptor, cv_descriptor, name) for ds in members]
-        if isinstance(cv_descriptor, str):
-            form = dataclasses.replace(form, rsa=tuple({**info, "descriptors": {**info["descriptors"],
-                                                                               "cv_descriptor": cv_descriptor}}
-                                                       for info in form.rsa))
+        # the RDMs' descriptors, as rsatoolbox's calc_rdm_crossnobis records them
+        recorded = {"noise": np.eye(observations[0].shape[1]) if noise is None else noise,
+                    "cv_descriptor": cv_descriptor if isinstance(cv_descriptor, str) else "cv_desc"}
+        form = dataclasses.replace(form, rsa=tuple({**info, "descriptors": {**info["descriptors"], **recorded}}
+                                                   for info in form.rsa))
     else:
         observations, form = as_feature_set(X, name)
         if any(is_dataset(m) for m in ([X] if not form.is_set else list(X))):

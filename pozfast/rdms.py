@@ -1,6 +1,6 @@
 """RDMs between the rows of feature matrices (correlation, Euclidean, squared Euclidean or cosine
-dissimilarities) or between conditions of observations (crossnobis), blockwise over the upper triangle: condensed, square, or written to a memory-mapped
-``.npy`` file; one matrix or a set, in the caller's form."""
+dissimilarities) or between conditions of observations (crossnobis), blockwise over the upper triangle:
+condensed, square, or written to a memory-mapped ``.npy`` file; one matrix or a set, in the caller's form."""
 
 from __future__ import annotations
 
@@ -77,10 +77,6 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
         raise ValueError(f"out must be 'condensed', 'square' or a path ending in .npy, got {out!r}")
     if method == "crossnobis":
         rows, form = crossnobis_inputs(X, descriptor, cv_descriptor, noise)
-        form = dataclasses.replace(form, rsa=tuple({**info, "descriptors": {
-            "noise": np.eye(rows[0][0].shape[1]) if noise is None else noise,
-            "cv_descriptor": cv_descriptor if isinstance(cv_descriptor, str) else "cv_desc", **info["descriptors"]}}
-            for info in form.rsa))  # as rsatoolbox's calc_rdm_crossnobis records them
     else:
         if cv_descriptor is not None or noise is not None:
             raise ValueError(f"cv_descriptor and noise are options of method='crossnobis', not {method!r}")

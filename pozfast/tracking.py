@@ -102,6 +102,11 @@ def _default_channel_dim(x: Tensor) -> int:
     return -1 if x.dim() == 3 else 1
 
 
+def _pending(sites: list[Site]) -> list[Tensor]:
+    """The counters of the sites' current forward: counts, then seen."""
+    return [s.pending for s in sites] + [s.p_seen for s in sites]
+
+
 def _counted(x: Any) -> bool:
     return isinstance(x, Tensor) and x.dtype in _COUNTED and x.dim() >= 2
 
@@ -314,9 +319,9 @@ class APoZTracker:
     def _commit(self) -> None:
         touched = self._touched
         if touched:  # one foreach op per step rather than one op per site: fewer launches and graph nodes
-            torch._foreach_add_([s.counts for s in touched] + [s.seen for s in touched],
-                                [s.pending for s in touched] + [s.p_seen for s in touched])
-            torch._foreach_zero_([s.pending for s in touched] + [s.p_seen for s in touched])
+            pending = _pending(touched)
+            torch._foreach_add_([s.counts for s in touched] + [s.seen for s in touched], pending)
+            torch._foreach_zero_(pending)
         for s in touched:
             s.committed = True
         touched.clear()
@@ -327,7 +332,7 @@ class APoZTracker:
 
     def _discard(self) -> None:
         if self._touched:
-            torch._foreach_zero_([s.pending for s in self._touched] + [s.p_seen for s in self._touched])
+            torch._foreach_zero_(_pending(self._touched))
         for s in self._touched:
             if not s.committed:
                 self._sites.pop((s.module, s.call), None)

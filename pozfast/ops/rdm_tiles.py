@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from pozfast._native import native
-from pozfast.crossnobis import CrossTerms
 from pozfast.backends import select
+from pozfast.crossnobis import CrossTerms
 from pozfast.distributed import all_reduce_sum, world
 from pozfast.rows import RowBlocks, RowStats, SquaredNorms, default_block, progress_bar, row_chunks, tiles
 
