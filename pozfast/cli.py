@@ -190,16 +190,17 @@ def cmd_rdm(args: argparse.Namespace) -> int:
     compare_method = _method(args.compare_method or ("r2" if args.curve else "pearson"), "compare",
                              "--compare-method")
     options = _crossnobis_options(args, method)
-    out = output_folder(args.out)
     progress = not args.no_progress
     X, given_rdm = load_input(args.features, args.kind, "--kind")
     if X is None and args.method is not None and not args.compare:
         raise CLIError(f"--method computes an RDM from features, but {args.features} is an RDM")
-    rdm_path = None
     if args.compare:
         Y, other_rdm = load_input(args.compare, args.y_kind or "auto", "--y-kind")
         if given_rdm is not None and other_rdm is not None and args.method is not None:
             raise CLIError("--method computes RDMs from features, but both inputs are RDMs")
+    out = output_folder(args.out)  # after the inputs are read: a command that cannot start leaves no folder
+    rdm_path = None
+    if args.compare:
         if X is not None and method == "correlation" and compare_method in ("pearson", "r2"):
             # Pearson of correlation RDMs streams without an N x N matrix
             result = pozfast.rdm_similarity(X, Y if Y is not None else other_rdm, compare_method,

@@ -456,8 +456,8 @@ def test_cli(tmp_path):
     assert res.returncode == 0, res.stderr
     curves = json.loads((tmp_path / "c" / "result.json").read_text())
     assert set(curves) == {"low_to_high", "high_to_low"} and (tmp_path / "c" / "curve.png").exists()
-    bad = run(tmp_path / "missing.npy")
-    assert bad.returncode != 0 and "no file" in bad.stderr
+    bad = run(tmp_path / "missing.npy", "--out", tmp_path / "never")
+    assert bad.returncode != 0 and "no file" in bad.stderr and not (tmp_path / "never").exists()
 
 
 # These run Triton on CPU tensors, interpreted; on a GPU machine tests/test_gpu_paths.py runs it on CUDA tensors.
