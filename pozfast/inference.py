@@ -24,7 +24,6 @@ import math
 from typing import Any
 
 import numpy as np
-import scipy.stats
 import torch
 
 from pozfast.ops import ranks
@@ -384,6 +383,8 @@ def _result(method: str, boot: str, evaluations: np.ndarray, values: np.ndarray,
         cov = np.full((n_models, n_models), np.nan)
         mean = valid.mean(axis=0) if len(valid) else np.full(n_models, np.nan)
         ci = np.full((2, n_models), np.nan)
+    import scipy.stats  # here, not at the top: it takes most of a second to import, and only this needs it
+
     dof = n_scale - 1
     eps = np.finfo(float).eps
     se = np.sqrt(np.maximum(np.diag(cov), 0))
