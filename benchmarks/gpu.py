@@ -121,7 +121,7 @@ def _tracking_overhead(dev: torch.device, reps: int) -> list[list[str]]:
     tracker = pozfast.track_apoz(model)
     entered = pozfast.track_apoz(model)
 
-    def tracked_each():  # a `with` per forward: the hooks are registered and removed every time
+    def tracked_each():  # a `with` per forward: tracking is entered and left every time
         with tracker:
             model(x)
 

@@ -29,8 +29,8 @@ def unwrap(model: nn.Module) -> nn.Module:
             raise TypeError("nn.DataParallel is not supported: its replicas run on other threads, where "
                             "activations cannot be counted; use DistributedDataParallel (one process per "
                             "GPU, launched with torchrun), or pass model.module")
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
+        if _orig_mod(model) is not None:
+            model = _orig_mod(model)
         elif type(model).__name__ in _DISTRIBUTED_WRAPPERS and isinstance(getattr(model, "module", None), nn.Module):
             model = model.module
         else:
@@ -79,10 +79,20 @@ def kept_modes(model: nn.Module, training: bool | None = None) -> Iterator[None]
             m.training = was
 
 
+def _orig_mod(m: nn.Module) -> nn.Module | None:
+    """The module that a ``torch.compile`` wrapper ``m`` wraps, else None."""
+    orig = m._modules.get("_orig_mod")  # not getattr: a failed Module.__getattr__ is slow, and this runs per module
+    return orig if isinstance(orig, nn.Module) else None
+
+
+def _compiled_call(m: nn.Module) -> Callable | None:
+    """What ``Module.compile`` made ``m`` call, else None."""
+    return m.__dict__.get("_compiled_call_impl")
+
+
 def is_compiled(model: nn.Module) -> bool:
     """Whether the model or any submodule runs through ``torch.compile`` (wrapper or ``Module.compile``)."""
-    return any(isinstance(getattr(m, "_orig_mod", None), nn.Module) or getattr(m, "_compiled_call_impl", None)
-               is not None for m in model.modules())
+    return any(_orig_mod(m) is not None or _compiled_call(m) is not None for m in model.modules())
 
 
 def bypass_compiled(model: nn.Module) -> Callable[[], None]:
@@ -94,11 +104,11 @@ def bypass_compiled(model: nn.Module) -> Callable[[], None]:
     """
     undo = []
     for m in model.modules():
-        if isinstance(getattr(m, "_orig_mod", None), nn.Module) and "forward" in m.__dict__:
+        if _orig_mod(m) is not None and "forward" in m.__dict__:
             undo.append((m, "forward", m.__dict__["forward"]))
-            m.forward = m._orig_mod.__call__
-        if getattr(m, "_compiled_call_impl", None) is not None:
-            undo.append((m, "_compiled_call_impl", m._compiled_call_impl))
+            m.forward = _orig_mod(m).__call__
+        if _compiled_call(m) is not None:
+            undo.append((m, "_compiled_call_impl", _compiled_call(m)))
             m._compiled_call_impl = None
 
     def restore() -> None:

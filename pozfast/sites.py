@@ -31,7 +31,9 @@ class Site:
 
     ``counts[t, c]``: elements of channel c with ``|a| <= thresholds[t]``; ``seen``: (elements counted per
     channel, examples, tokens under the token mask). ``pending`` and ``p_seen`` hold the current forward's
-    counts, added to the committed ones when the forward completes.
+    counts, added to the committed ones when the forward completes. What an eager forward knows from shapes
+    alone (elements, examples) is kept on the host instead, as Python ints, with no device op per call:
+    ``p_host`` for the current forward, ``host_seen`` committed. :meth:`seen_all` adds the two parts.
     """
 
     module: str
@@ -45,14 +47,16 @@ class Site:
     committed: bool = False
     pending: Tensor | None = None
     p_seen: Tensor | None = None
+    host_seen: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
+    p_host: list[int] = dataclasses.field(default_factory=lambda: [0, 0])
 
     def __post_init__(self):
         if self.pending is None:
             self.pending, self.p_seen = torch.zeros_like(self.counts), torch.zeros_like(self.seen)
 
-    @property
-    def total(self) -> int:
-        return int(self.seen[TOTAL])
+    def seen_all(self) -> Tensor:
+        """The committed ``seen`` with its host part, on the CPU."""
+        return self.seen.cpu() + torch.tensor([*self.host_seen, 0])
 
 
 def site_keys(sites: Mapping[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
@@ -115,7 +119,7 @@ def all_reduce_sites(sites: dict[tuple[str, int], Site], thresholds: tuple[float
     parts = []
     for key, (_, shape, _) in union.items():
         s = sites.get(key)
-        counts, seen = (s.counts.cpu(), s.seen.cpu()) if s else new_counters(*shape, "cpu")
+        counts, seen = (s.counts.cpu(), s.seen_all()) if s else new_counters(*shape, "cpu")
         parts += [counts.flatten(), seen]
     flat = all_reduce_sum(torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64))
     out, offset = {}, 0

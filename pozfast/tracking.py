@@ -26,8 +26,13 @@ activation module to itself). The key is that module's qualified name (``"<root>
 with ``":i"`` appended when the module makes more than one tracked call per forward (torchvision's BasicBlock
 reuses one ``nn.ReLU``: ``layer1.0.relu:0`` and ``layer1.0.relu:1``). Names are those of the bare model
 under ``torch.compile``, DistributedDataParallel and FSDP wrappers. Which module is running is known from
-forward hooks on every module of the model (no stack inspection); once a compiled model's sites are known,
-only the modules that need them keep hooks (see Compiled models).
+forward hooks (no stack inspection): in an eager model, one process-wide pair
+(``nn.modules.module.register_module_forward_pre_hook`` and ``register_module_forward_hook``) for all its
+modules plus the root's own, so entering a ``with`` registers nothing per module; in a compiled model, hooks
+on each module, and once its sites are known only on the modules that need them (see Compiled models).
+Process-wide hooks run before a module's own forward hooks, so an eager activation module is counted from
+its own output even where a user's forward hook replaces that output (an ``nn.ReLU`` is counted inside its
+forward in any case), and a producer's output is recorded as the module returned it.
 
 Compiled models: the hooks and the ``TorchFunctionMode`` that routes activation calls are traced by
 ``torch.compile`` like the model's own code, so which counter a call feeds is fixed when the graph is
@@ -62,7 +67,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +76,7 @@ from torch.overrides import TorchFunctionMode
 
 from pozfast import activation_kinds, distributed, token_masks
 from pozfast.modules import bypass_compiled, fingerprint, is_compiled, model_device, module_names, unwrap
-from pozfast.ops.near_zero import check_thresholds, near_zero_count_, relu_near_zero_count
+from pozfast.ops.near_zero import check_thresholds, near_zero_count_, tracked_relu
 from pozfast.report import APoZReport, LayerAPoZ
 from pozfast.sites import (EXAMPLES, TOKENS, TOTAL, Site, all_reduce_sites, dim_keys, new_counters, select_sites,
                            site_keys, union_names)
@@ -107,8 +112,41 @@ def _pending(sites: list[Site]) -> list[Tensor]:
     return [s.pending for s in sites] + [s.p_seen for s in sites]
 
 
+def _commit_host(sites: list[Site]) -> None:
+    """Add the sites' host-side pending (elements, examples) to their committed host part."""
+    for s in sites:
+        s.host_seen[TOTAL] += s.p_host[TOTAL]
+        s.host_seen[EXAMPLES] += s.p_host[EXAMPLES]
+        s.p_host[:] = (0, 0)
+
+
 def _counted(x: Any) -> bool:
     return isinstance(x, Tensor) and x.dtype in _COUNTED and x.dim() >= 2
+
+
+class _Role(NamedTuple):
+    """A module's part in tracking, besides entering and leaving the stack of running modules."""
+
+    name: str
+    root: bool
+    kind: str | None  # an activation module counted from its output: its kind
+    dim: int | None  # the channel axis its output has, when it sets one
+    own: tuple[str, ...] | None  # a Conv/Linear: its output's producer is itself
+    per_channel: bool  # its output channels are its input's
+    producer: bool
+
+
+def _roles(names: Mapping[nn.Module, str], root: nn.Module, kinds: frozenset[str]) -> dict[nn.Module, _Role]:
+    activations = activation_kinds.module_kinds(names)
+    roles = {}
+    for module, name in names.items():
+        kind = activations.get(module)
+        dim = _producer_channel_dim(module)
+        per_channel = isinstance(module, _PER_CHANNEL)
+        roles[module] = _Role(name, module is root, kind if kind in kinds else None, dim,
+                              (name,) if isinstance(module, (_CONV, nn.Linear)) else None, per_channel,
+                              dim is not None or per_channel)
+    return roles
 
 
 class _Active(threading.local):
@@ -132,7 +170,7 @@ class _Mode(TorchFunctionMode):
         call = activation_kinds.functional_call(func, args, kwargs)
         if call is None:
             out = func(*args, **kwargs)
-            if not torch.compiler.is_compiling() and func in _PASSTHROUGH and isinstance(out, Tensor):
+            if func in _PASSTHROUGH and isinstance(out, Tensor) and not torch.compiler.is_compiling():
                 for tracker in self.trackers:
                     tracker._pass_through(args, out)
             return out
@@ -148,7 +186,7 @@ class _Mode(TorchFunctionMode):
         if call.kind == "relu" and not torch.compiler.is_compiling():
             # Eager: the ReLU and the first tracker's counts in one pass over x.
             tracker, site, mask = feeds[0]
-            y = relu_near_zero_count(x, site.pending, tracker.thresholds, site.channel_dim, mask, call.inplace)
+            y = tracked_relu(x, site.pending, tracker.thresholds, site.channel_dim, mask, call.inplace)
             tracker._account(site, y, mask)
             rest = feeds[1:]
         else:
@@ -188,13 +226,14 @@ class APoZTracker:
                             "tracker.set_token_mask(mask)")
         self.token_mask = token_mask
         self._names = module_names(model)
-        self._module_kinds: dict[str, str] = {}  # activation modules counted from their output, by name
+        self._roles: dict[nn.Module, _Role] | None = None  # made on entering (activation classes known then)
+        self._activation_modules: set[str] = set()  # names of those counted from their output
         self._sites: dict[tuple[str, int], Site] = {}
         self._touched: list[Site] = []
         self._calls: dict[str, int] = {}
         self._stack: list[str] = []
         self._producers: dict[int, tuple[weakref.ref, int | None, tuple[str, ...]]] = {}
-        self._handles: dict[nn.Module, list] = {}
+        self._handles: dict[nn.Module | None, list] = {}  # per module (compiled models) or None: process-wide
         self._restore_compiled = None
         self._open = False
         self._mask: Tensor | None = None
@@ -206,12 +245,18 @@ class APoZTracker:
     def __enter__(self) -> APoZTracker:
         if self._handles:
             raise RuntimeError("this tracker is already active")
-        self._module_kinds = {self._names[module]: kind for module, kind in
-                              activation_kinds.module_kinds(self._names).items() if kind in self.kinds}
-        for module, name in self._hooked().items():
-            self._hook(module, name)
-        if not self._sites and is_compiled(self.model):
-            self._restore_compiled = bypass_compiled(self.model)  # the first forward finds sites eagerly
+        if self._roles is None:
+            self._roles = _roles(self._names, self.root, self.kinds)
+            self._activation_modules = {role.name for role in self._roles.values() if role.kind is not None}
+        if is_compiled(self.model):
+            for module in self._hooked():
+                self._hook(module)
+            if not self._sites:
+                self._restore_compiled = bypass_compiled(self.model)  # the first forward finds sites eagerly
+        else:  # two process-wide hooks and the root's: nothing to register per module, less work per call
+            self._handles[None] = [nn.modules.module.register_module_forward_pre_hook(self._enter_any),
+                                   nn.modules.module.register_module_forward_hook(self._leave_any)]
+            self._hook(self.root)
         if _active.mode is None:
             _active.mode = _Mode()
             _active.mode.__enter__()
@@ -236,51 +281,62 @@ class APoZTracker:
             self._restore_compiled()
             self._restore_compiled = None
 
-    def _hooked(self) -> dict[nn.Module, str]:
-        """The modules that get hooks: all of them; in a compiled model whose sites are known, only the
+    def _hooked(self) -> list[nn.Module]:
+        """The modules of a compiled model that get hooks: all of them; once its sites are known, only the
         root, the activation modules and the modules that make tracked calls. A compiled graph then traces
         hooks only where they do something: tracking adds less to compiling (and a call that first appears
         later, in a module without hooks, is counted under its nearest hooked ancestor)."""
-        if not (self._sites and is_compiled(self.model)):
-            return self._names
-        keep = {site.module for site in self._sites.values()} | set(self._module_kinds) | {self._names[self.root]}
-        return {module: name for module, name in self._names.items() if name in keep}
+        if not self._sites:
+            return list(self._roles)
+        keep = {site.module for site in self._sites.values()}
+        return [module for module, role in self._roles.items()
+                if role.root or role.kind is not None or role.name in keep]
 
     def _drop_unused_hooks(self) -> None:
         """Remove the hooks that :meth:`_hooked` no longer asks for (after a compiled model's sites are
         found); the hooks dicts are copied before hooks run, so this may run inside one."""
-        keep = self._hooked()
+        keep = set(self._hooked())
         for module in [m for m in self._handles if m not in keep]:
             for h in self._handles.pop(module):
                 h.remove()
 
-    def _hook(self, module: nn.Module, name: str) -> None:
-        """Forward hooks that keep the stack of running modules, and do this module's own part: begin and
-        end a forward (the root), count an activation module's output, record what a producer made."""
-        kind = self._module_kinds.get(name)
-        dim = _producer_channel_dim(module)
-        own = (name,) if isinstance(module, (_CONV, nn.Linear)) else None
-        per_channel = isinstance(module, _PER_CHANNEL)
-        producer = dim is not None or per_channel
-        root = module is self.root
-
-        def enter(mod, args, kwargs=None):
-            if root:
+    def _hook(self, module: nn.Module) -> None:
+        """Hooks on one module: the root's in any model (its pre-hook begins a forward, with the forward's
+        keyword arguments), and every hooked module's in a compiled one (constants to the traced code,
+        where a process-wide hook would make the graph guard on the tracker's table of modules)."""
+        role = self._roles[module]
+        if role.root:
+            def enter(mod, args, kwargs):
                 self._begin(kwargs)
-            self._stack.append(name)
+                self._stack.append(role.name)
 
-        def leave(mod, args, output):
-            if self._stack:
-                self._stack.pop()
-            if kind is not None:
-                self._module_output(name, kind, args, output)
-            elif producer and not torch.compiler.is_compiling():
-                self._produced(args, output, own, dim, per_channel)
-            if root:
-                self._end()
+            pre = module.register_forward_pre_hook(enter, with_kwargs=True)
+        else:
+            pre = module.register_forward_pre_hook(lambda mod, args: self._stack.append(role.name))
+        post = module.register_forward_hook(lambda mod, args, output: self._left(role, args, output))
+        self._handles[module] = [pre, post]
 
-        self._handles[module] = [module.register_forward_pre_hook(enter, with_kwargs=root),
-                                 module.register_forward_hook(leave)]
+    def _enter_any(self, module: nn.Module, args: tuple) -> None:
+        role = self._roles.get(module)
+        if role is not None and not role.root:  # the root has hooks of its own
+            self._stack.append(role.name)
+
+    def _leave_any(self, module: nn.Module, args: tuple, output: Any) -> None:
+        role = self._roles.get(module)
+        if role is not None and not role.root:
+            self._left(role, args, output)
+
+    def _left(self, role: _Role, args: tuple, output: Any) -> None:
+        """The module's part once it returns: leave the stack, count an activation module's output, record
+        what a producer made, end a forward (the root)."""
+        if self._stack:
+            self._stack.pop()
+        if role.kind is not None:
+            self._module_output(role.name, role.kind, args, output)
+        elif role.producer and not torch.compiler.is_compiling():
+            self._produced(args, output, role.own, role.dim, role.per_channel)
+        if role.root:
+            self._end()
 
     def _begin(self, kwargs: dict | None) -> None:
         if self._open:  # the previous forward raised before it returned: its counts are dropped
@@ -322,6 +378,8 @@ class APoZTracker:
             pending = _pending(touched)
             torch._foreach_add_([s.counts for s in touched] + [s.seen for s in touched], pending)
             torch._foreach_zero_(pending)
+            if not torch.compiler.is_compiling():
+                _commit_host(touched)
         for s in touched:
             s.committed = True
         touched.clear()
@@ -334,6 +392,7 @@ class APoZTracker:
         if self._touched:
             torch._foreach_zero_(_pending(self._touched))
         for s in self._touched:
+            s.p_host[:] = (0, 0)
             if not s.committed:
                 self._sites.pop((s.module, s.call), None)
         self._touched.clear()
@@ -343,10 +402,14 @@ class APoZTracker:
                   per_channel: bool) -> None:
         if not self._open or not isinstance(output, Tensor):
             return
-        seen = self._producer(args[0]) if args and isinstance(args[0], Tensor) else None
-        origin = own or (seen[2] if seen is not None and per_channel else ())
-        out_dim = dim if dim is not None else seen[1] if seen is not None and output.shape == args[0].shape else None
-        self._producers[id(output)] = (weakref.ref(output), out_dim, origin)
+        if own is None or dim is None:  # what it passes on depends on its input's producer
+            seen = self._producer(args[0]) if args and isinstance(args[0], Tensor) else None
+            origin = own or (seen[2] if seen is not None and per_channel else ())
+            if dim is None and seen is not None and output.shape == args[0].shape:
+                dim = seen[1]
+        else:
+            origin = own
+        self._producers[id(output)] = (weakref.ref(output), dim, origin)
 
     def _producer(self, t: Tensor) -> tuple[weakref.ref, int | None, tuple[str, ...]] | None:
         seen = self._producers.get(id(t))
@@ -371,7 +434,7 @@ class APoZTracker:
         if not self._open or kind not in self.kinds or not self._stack or not _counted(x):
             return None
         owner = self._stack[-1]
-        if owner in self._module_kinds:
+        if owner in self._activation_modules:
             return None  # inside an activation module counted from its output
         return self._site(owner, kind, x, x)
 
@@ -433,16 +496,22 @@ class APoZTracker:
         self._account(site, y, mask)
 
     def _account(self, site: Site, y: Tensor, mask: Tensor | None) -> None:
-        """Add what ``y`` adds to the site's elements per channel, examples and tokens."""
+        """Add what ``y`` adds to the site's elements per channel, examples and tokens. What shapes give is
+        added on the host in an eager forward (no device op per call), by the graph in a compiled one (a
+        Python number changed there would be guarded on)."""
         per_position = y.numel() // max(y.shape[site.channel_dim], 1)
-        if mask is None:
+        examples = y.shape[0]
+        if mask is not None:
+            tokens = mask.count_nonzero().to(site.p_seen.device)
+            site.p_seen[TOTAL].add_(tokens * (per_position // max(mask.numel(), 1)))
+            site.p_seen[TOKENS].add_(tokens)
+            per_position, examples = 0, self._forward_mask.shape[0]
+        if torch.compiler.is_compiling():
             site.p_seen[TOTAL].add_(per_position)
-            site.p_seen[EXAMPLES].add_(y.shape[0])
-            return
-        tokens = mask.count_nonzero().to(site.p_seen.device)
-        site.p_seen[TOTAL].add_(tokens * (per_position // max(mask.numel(), 1)))
-        site.p_seen[EXAMPLES].add_(self._forward_mask.shape[0])
-        site.p_seen[TOKENS].add_(tokens)
+            site.p_seen[EXAMPLES].add_(examples)
+        else:
+            site.p_host[TOTAL] += per_position
+            site.p_host[EXAMPLES] += examples
 
     # --- results -----------------------------------------------------------------------------------
     @property
@@ -480,7 +549,7 @@ class APoZTracker:
         entries = []
         for s in self._selected(sites):
             site = sites[s]
-            total, examples, tokens = site.seen.tolist()
+            total, examples, tokens = site.seen_all().tolist()
             entries.append(LayerAPoZ(key=keys[s], module=site.module, call=site.call, channel_dim=site.channel_dim,
                                      counts=site.counts.cpu(), thresholds=self.thresholds, total=total,
                                      examples=examples, tokens=tokens, masked=site.masked, kind=site.kind,
@@ -507,7 +576,7 @@ class APoZTracker:
         return {"version": STATE_VERSION, "model": fingerprint(self.model), "batches": self.batches,
                 "thresholds": list(self.thresholds),
                 "sites": [dict(module=s.module, call=s.call, channel_dim=s.channel_dim, kind=s.kind,
-                               counts=s.counts.cpu(), seen=s.seen.cpu(), masked=s.masked,
+                               counts=s.counts.cpu(), seen=s.seen_all(), masked=s.masked,
                                producers=list(s.producers))
                           for s in self._sites.values()]}
 

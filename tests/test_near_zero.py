@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 import pozfast
-from pozfast.ops.near_zero import _layout, near_zero_count_, relu_near_zero_count
+from pozfast.ops.near_zero import _layout, near_zero_count_, relu_near_zero_count, tracked_relu
 from tests.conftest import DTYPES, assert_bitwise_equal, available_backends, special_values
 from tests.reference import near_zero_reference
 
@@ -140,6 +141,44 @@ def mismatch(got, want):
 def test_matches_reference(backend, dtype, case):
     x, cd, thresholds, mask = case_data(case, dtype, seed=CASES.index(case))
     check_all_modes(backend, x, cd, thresholds, mask)
+
+
+@pytest.mark.parametrize("backend", [None, *available_backends("cpu")])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=id_case)
+def test_tracked_relu_matches_reference_on_every_call(backend, dtype, case):
+    """The tracker's entry (layout and backend found once per layout, then reused) adds the same counts
+    and returns torch.relu, call after call, in place or not."""
+    x, cd, thresholds, mask = case_data(case, dtype, seed=11)
+    axis = cd % x.dim()
+    y_want = torch.relu(x)
+    want = near_zero_reference(y_want, thresholds, cd, mask)
+    counts = torch.zeros_like(want)
+    with pozfast.use_backend(backend) if backend else contextlib.nullcontext():
+        for call in range(3):
+            work = x.clone()
+            y = tracked_relu(work, counts, tuple(thresholds), axis, mask, inplace=call == 2)
+            assert (y is work) == (call == 2)
+            assert_bitwise_equal(y, y_want)
+            assert y.stride() == torch.empty_like(x).stride()
+            assert torch.equal(counts, want * (call + 1)), mismatch(counts, want * (call + 1))
+
+
+def test_tracked_relu_follows_the_backend_forced_after_its_layout_was_seen(monkeypatch):
+    """A forced backend applies from the next call on, though the layout was planned with another."""
+    from pozfast.ops import near_zero
+
+    if not pozfast.backends()["cpu-native"].available:
+        pytest.skip(pozfast.backends()["cpu-native"].reason)
+    x, counts = torch.randn(4, 6, 5), torch.zeros(1, 6, dtype=torch.int64)
+    tracked_relu(x.clone(), counts, (0.0,), 1, None, False)  # planned with the default (native) backend
+    launched = []
+    monkeypatch.setattr(near_zero, "_run", lambda *args: launched.append(args[-1]))
+    with pozfast.use_backend("torch"):
+        tracked_relu(x.clone(), counts, (0.0,), 1, None, False)
+    assert launched == [] and torch.equal(counts, 2 * (torch.relu(x) == 0).sum((0, 2))[None])
+    tracked_relu(x.clone(), counts, (0.0,), 1, None, False)
+    assert launched == ["cpu-native"]
 
 
 @pytest.mark.parametrize("backend", available_backends("cpu", triton=False)[:1])  # the native kernels

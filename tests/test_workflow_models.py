@@ -446,6 +446,53 @@ def test_a_forward_cut_short_counts_nothing(tmp_path):
         assert torch.equal(resumed[key].zeros, full[key].zeros) and resumed[key].examples == 25
 
 
+def test_a_forward_that_raises_inside_the_with_counts_nothing():
+    """The forwards around it count in full: its counts, elements and examples are all dropped."""
+    net = models.ResNetish().eval()
+    data = [torch.randn(3, 3, 6, 6) for _ in range(3)]
+    ref = pozfast.apoz(net, [data[0], data[2]], progress=False)
+    original = net.layer1[1].forward
+
+    def fails(x):
+        raise RuntimeError("boom")  # after the ReLUs of the stem and of layer1.0 were counted
+
+    with torch.no_grad(), pozfast.track_apoz(net) as tracker:
+        net(data[0])
+        net.layer1[1].forward = fails
+        with pytest.raises(RuntimeError, match="boom"):
+            net(data[1])
+        net.layer1[1].forward = original
+        net(data[2])
+    report = tracker.report()
+    assert tracker.batches == 2 and report.layers == ref.layers
+    for key in ref.layers:
+        got, want = report[key], ref[key]
+        assert torch.equal(got.zeros, want.zeros) and (got.total, got.examples) == (want.total, want.examples) == \
+            (want.total, 6), key
+
+
+def test_eager_tracking_hooks_no_module_but_the_root_and_leaves_nothing_behind():
+    net = models.ResNetish().eval()
+    hooks = nn.modules.module._global_forward_pre_hooks, nn.modules.module._global_forward_hooks
+    before = [len(h) for h in hooks]
+    with pozfast.track_apoz(net):
+        assert [len(h) for h in hooks] == [n + 1 for n in before]
+        assert [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks] == [net]
+    assert [len(h) for h in hooks] == before
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+
+
+def test_an_activation_module_is_counted_from_its_own_output_under_a_user_hook():
+    """A user's forward hook that replaces a GELU module's output does not change what is counted."""
+    net = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 2)).eval()
+    x = torch.randn(5, 6)
+    plain = pozfast.apoz(net, [x], progress=False, activations="gelu", thresholds=(0.0, 0.1))
+    handle = net[1].register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
+    patched = pozfast.apoz(net, [x], progress=False, activations="gelu", thresholds=(0.0, 0.1))
+    handle.remove()
+    assert torch.equal(patched["1"].counts, plain["1"].counts) and patched["1"].counts[1].sum() < 40
+
+
 # --- exact removal of dead channels -------------------------------------------------------------------
 
 def test_remove_dead_folds_batchnorm_constants_exactly():

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from pozfast._native import native
-from pozfast.backends import select
+from pozfast.backends import forced_backend, select
 from pozfast.ops.relu_count import channel_axis, eager_plain, memory_split
 
 MAX_THRESHOLDS = 32
@@ -353,6 +353,32 @@ def relu_near_zero_count(x: Tensor, counts: Tensor, thresholds: Sequence[float],
         torch.ops.pozfast.relu_near_zero_count_(x, counts, thresholds, channel_dim, mask)
         return x
     return torch.ops.pozfast.relu_near_zero_count(x, counts, thresholds, channel_dim, mask)
+
+
+_PLANS: dict[tuple, tuple[str, tuple[tuple[int, int, int], int]] | None] = {}
+
+
+def tracked_relu(x: Tensor, counts: Tensor, thresholds: tuple[float, ...], axis: int, mask: Optional[Tensor],
+                 inplace: bool) -> Tensor:
+    """:func:`relu_near_zero_count` for a tracker, whose counters and thresholds are valid by construction
+    and whose calls repeat the same few layouts: without a mask, in a plain eager call, the backend and the
+    layout are found once per (layout, dtype, device, forced backend), not on every call."""
+    if mask is None and eager_plain(x, counts):
+        key = (x.shape, x.stride(), x.dtype, x.device, axis, thresholds, forced_backend())
+        plan = _PLANS.get(key, False)
+        if plan is False:
+            backend = _backend(x.device, True)
+            layout = _layout(x, axis, None) if backend != "torch" else None
+            plan = _PLANS[key] = (backend, layout) if layout is not None and x.numel() else None
+            if len(_PLANS) > 4096:  # a model of ever-changing shapes: keep the table small
+                _PLANS.clear()
+        if plan is not None:
+            y = x if inplace else torch.empty_like(x)
+            _run(counts, x, y, plan[1], list(thresholds), None, plan[0])
+            if inplace:
+                torch.autograd.graph.increment_version(x)
+            return y
+    return relu_near_zero_count(x, counts, thresholds, axis, mask, inplace)
 
 
 # --- public API ---------------------------------------------------------------------------------------
