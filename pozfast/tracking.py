@@ -26,13 +26,8 @@ activation module to itself). The key is that module's qualified name (``"<root>
 with ``":i"`` appended when the module makes more than one tracked call per forward (torchvision's BasicBlock
 reuses one ``nn.ReLU``: ``layer1.0.relu:0`` and ``layer1.0.relu:1``). Names are those of the bare model
 under ``torch.compile``, DistributedDataParallel and FSDP wrappers. Which module is running is known from
-forward hooks (no stack inspection): in an eager model, one process-wide pair
-(``nn.modules.module.register_module_forward_pre_hook`` and ``register_module_forward_hook``) for all its
-modules plus the root's own, so entering a ``with`` registers nothing per module; in a compiled model, hooks
-on each module, and once its sites are known only on the modules that need them (see Compiled models).
-Process-wide hooks run before a module's own forward hooks, so an eager activation module is counted from
-its own output even where a user's forward hook replaces that output (an ``nn.ReLU`` is counted inside its
-forward in any case), and a producer's output is recorded as the module returned it.
+forward hooks on every module of the model (no stack inspection); once a compiled model's sites are known,
+only the modules that need them keep hooks (see Compiled models).
 
 Compiled models: the hooks and the ``TorchFunctionMode`` that routes activation calls are traced by
 ``torch.compile`` like the model's own code, so which counter a call feeds is fixed when the graph is
@@ -226,16 +221,17 @@ class APoZTracker:
                             "tracker.set_token_mask(mask)")
         self.token_mask = token_mask
         self._names = module_names(model)
-        self._roles: dict[nn.Module, _Role] | None = None  # made on entering (activation classes known then)
+        self._roles: dict[nn.Module, _Role] | None = None  # made on first entering
         self._activation_modules: set[str] = set()  # names of those counted from their output
         self._sites: dict[tuple[str, int], Site] = {}
         self._touched: list[Site] = []
         self._calls: dict[str, int] = {}
         self._stack: list[str] = []
         self._producers: dict[int, tuple[weakref.ref, int | None, tuple[str, ...]]] = {}
-        self._handles: dict[nn.Module | None, list] = {}  # per module (compiled models) or None: process-wide
+        self._handles: dict[nn.Module, list] = {}
         self._restore_compiled = None
         self._open = False
+        self._host_counts = True  # this forward counts what shapes give on the host (see _begin)
         self._mask: Tensor | None = None
         self._forward_mask: Tensor | None = None
         self._mask_applied = False
@@ -248,15 +244,10 @@ class APoZTracker:
         if self._roles is None:
             self._roles = _roles(self._names, self.root, self.kinds)
             self._activation_modules = {role.name for role in self._roles.values() if role.kind is not None}
-        if is_compiled(self.model):
-            for module in self._hooked():
-                self._hook(module)
-            if not self._sites:
-                self._restore_compiled = bypass_compiled(self.model)  # the first forward finds sites eagerly
-        else:  # two process-wide hooks and the root's: nothing to register per module, less work per call
-            self._handles[None] = [nn.modules.module.register_module_forward_pre_hook(self._enter_any),
-                                   nn.modules.module.register_module_forward_hook(self._leave_any)]
-            self._hook(self.root)
+        for module in self._hooked():
+            self._hook(module)
+        if not self._sites and is_compiled(self.model):
+            self._restore_compiled = bypass_compiled(self.model)  # the first forward finds sites eagerly
         if _active.mode is None:
             _active.mode = _Mode()
             _active.mode.__enter__()
@@ -282,11 +273,11 @@ class APoZTracker:
             self._restore_compiled = None
 
     def _hooked(self) -> list[nn.Module]:
-        """The modules of a compiled model that get hooks: all of them; once its sites are known, only the
+        """The modules that get hooks: all of them; in a compiled model whose sites are known, only the
         root, the activation modules and the modules that make tracked calls. A compiled graph then traces
         hooks only where they do something: tracking adds less to compiling (and a call that first appears
         later, in a module without hooks, is counted under its nearest hooked ancestor)."""
-        if not self._sites:
+        if not (self._sites and is_compiled(self.model)):
             return list(self._roles)
         keep = {site.module for site in self._sites.values()}
         return [module for module, role in self._roles.items()
@@ -301,9 +292,8 @@ class APoZTracker:
                 h.remove()
 
     def _hook(self, module: nn.Module) -> None:
-        """Hooks on one module: the root's in any model (its pre-hook begins a forward, with the forward's
-        keyword arguments), and every hooked module's in a compiled one (constants to the traced code,
-        where a process-wide hook would make the graph guard on the tracker's table of modules)."""
+        """Forward hooks that keep the stack of running modules; the root's pre-hook begins a forward (with
+        its keyword arguments), and each post-hook does the module's part (:meth:`_left`)."""
         role = self._roles[module]
         if role.root:
             def enter(mod, args, kwargs):
@@ -315,16 +305,6 @@ class APoZTracker:
             pre = module.register_forward_pre_hook(lambda mod, args: self._stack.append(role.name))
         post = module.register_forward_hook(lambda mod, args, output: self._left(role, args, output))
         self._handles[module] = [pre, post]
-
-    def _enter_any(self, module: nn.Module, args: tuple) -> None:
-        role = self._roles.get(module)
-        if role is not None and not role.root:  # the root has hooks of its own
-            self._stack.append(role.name)
-
-    def _leave_any(self, module: nn.Module, args: tuple, output: Any) -> None:
-        role = self._roles.get(module)
-        if role is not None and not role.root:
-            self._left(role, args, output)
 
     def _left(self, role: _Role, args: tuple, output: Any) -> None:
         """The module's part once it returns: leave the stack, count an activation module's output, record
@@ -341,6 +321,9 @@ class APoZTracker:
     def _begin(self, kwargs: dict | None) -> None:
         if self._open:  # the previous forward raised before it returned: its counts are dropped
             self._discard()
+        # Shapes' counts go on the host only when the whole forward runs eagerly: from here on, a traced
+        # root hook would not commit them (a compiled part inside counts on the device either way).
+        self._host_counts = not torch.compiler.is_compiling()
         self._open = True
         self._stack.clear()
         self._calls.clear()
@@ -378,7 +361,7 @@ class APoZTracker:
             pending = _pending(touched)
             torch._foreach_add_([s.counts for s in touched] + [s.seen for s in touched], pending)
             torch._foreach_zero_(pending)
-            if not torch.compiler.is_compiling():
+            if self._host_counts:
                 _commit_host(touched)
         for s in touched:
             s.committed = True
@@ -497,8 +480,8 @@ class APoZTracker:
 
     def _account(self, site: Site, y: Tensor, mask: Tensor | None) -> None:
         """Add what ``y`` adds to the site's elements per channel, examples and tokens. What shapes give is
-        added on the host in an eager forward (no device op per call), by the graph in a compiled one (a
-        Python number changed there would be guarded on)."""
+        added on the host in an eager forward (no device op per call), on the device when any of the
+        forward is compiled (a Python number changed in a graph would be guarded on)."""
         per_position = y.numel() // max(y.shape[site.channel_dim], 1)
         examples = y.shape[0]
         if mask is not None:
@@ -506,12 +489,12 @@ class APoZTracker:
             site.p_seen[TOTAL].add_(tokens * (per_position // max(mask.numel(), 1)))
             site.p_seen[TOKENS].add_(tokens)
             per_position, examples = 0, self._forward_mask.shape[0]
-        if torch.compiler.is_compiling():
-            site.p_seen[TOTAL].add_(per_position)
-            site.p_seen[EXAMPLES].add_(examples)
-        else:
+        if self._host_counts and not torch.compiler.is_compiling():
             site.p_host[TOTAL] += per_position
             site.p_host[EXAMPLES] += examples
+        else:
+            site.p_seen[TOTAL].add_(per_position)
+            site.p_seen[EXAMPLES].add_(examples)
 
     # --- results -----------------------------------------------------------------------------------
     @property

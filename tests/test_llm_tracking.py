@@ -277,8 +277,8 @@ def _big_counts_worker(rank, world, init_file, out_dir):
         torch.manual_seed(0)
         tracker = _tracker_with_big_counts()
         summed = all_reduce_sites(tracker._sites, tracker.thresholds)
-        torch.save({"local": {k: (s.counts, s.seen) for k, s in tracker._sites.items()},
-                    "summed": {k: (s.counts, s.seen) for k, s in summed.items()}}, Path(out_dir) / f"rank{rank}.pt")
+        torch.save({"local": {k: (s.counts, s.seen_all()) for k, s in tracker._sites.items()},
+                    "summed": {k: (s.counts, s.seen_all()) for k, s in summed.items()}}, Path(out_dir) / f"rank{rank}.pt")
         tracker.report().save(Path(out_dir) / f"rank{rank}.json")
     finally:
         torch.distributed.destroy_process_group()

@@ -471,26 +471,48 @@ def test_a_forward_that_raises_inside_the_with_counts_nothing():
             (want.total, 6), key
 
 
-def test_eager_tracking_hooks_no_module_but_the_root_and_leaves_nothing_behind():
-    net = models.ResNetish().eval()
-    hooks = nn.modules.module._global_forward_pre_hooks, nn.modules.module._global_forward_hooks
-    before = [len(h) for h in hooks]
-    with pozfast.track_apoz(net):
-        assert [len(h) for h in hooks] == [n + 1 for n in before]
-        assert [m for m in net.modules() if m._forward_hooks or m._forward_pre_hooks] == [net]
-    assert [len(h) for h in hooks] == before
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
+class PartlyEager(nn.Module):
+    """A model whose inner block torch.compile leaves eager: its ReLU runs outside the compiled graph."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.inner, self.b = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 4)
+
+    @torch.compiler.disable
+    def block(self, x):
+        return torch.relu(self.inner(x))
+
+    def forward(self, x):
+        return self.b(self.block(torch.relu(self.a(x))))
 
 
-def test_an_activation_module_is_counted_from_its_own_output_under_a_user_hook():
-    """A user's forward hook that replaces a GELU module's output does not change what is counted."""
-    net = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 2)).eval()
-    x = torch.randn(5, 6)
-    plain = pozfast.apoz(net, [x], progress=False, activations="gelu", thresholds=(0.0, 0.1))
-    handle = net[1].register_forward_hook(lambda mod, args, out: torch.zeros_like(out))
-    patched = pozfast.apoz(net, [x], progress=False, activations="gelu", thresholds=(0.0, 0.1))
-    handle.remove()
-    assert torch.equal(patched["1"].counts, plain["1"].counts) and patched["1"].counts[1].sum() < 40
+def test_compiled_model_with_an_eager_part_counts_every_element_and_example():
+    torch.manual_seed(0)
+    net, xs = PartlyEager().eval(), [torch.randn(5, 8) for _ in range(4)]
+    eager = pozfast.apoz(net, xs, progress=False)
+    compiled = torch.compile(net)
+    with torch.no_grad(), pozfast.track_apoz(compiled) as tracker:
+        for x in xs:
+            compiled(x)
+    report = tracker.report()
+    assert report.layers == eager.layers and tracker.batches == 4
+    for key in eager.layers:
+        got, want = report[key], eager[key]
+        assert torch.equal(got.zeros, want.zeros) and (got.total, got.examples) == (want.total, want.examples) == \
+            (20, 20), key
+
+
+def test_a_compiled_function_calling_a_tracked_model_compiles_once_over_many_with_blocks():
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    fn = torch.compile(lambda x: net(x) * 2)
+    x = torch.randn(5, 8)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        for _ in range(5):
+            with pozfast.track_apoz(net) as tracker:
+                fn(x)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] - graphs <= 2  # not one per with
+    assert tracker.report()["1"].examples == 5
 
 
 # --- exact removal of dead channels -------------------------------------------------------------------
