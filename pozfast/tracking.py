@@ -128,7 +128,11 @@ class _Role(NamedTuple):
     dim: int | None  # the channel axis its output has, when it sets one
     own: tuple[str, ...] | None  # a Conv/Linear: its output's producer is itself
     per_channel: bool  # its output channels are its input's
-    producer: bool
+
+    @property
+    def producer(self) -> bool:
+        """Its output's channel axis or producers are worth recording."""
+        return self.dim is not None or self.per_channel
 
 
 def _roles(names: Mapping[nn.Module, str], root: nn.Module, kinds: frozenset[str]) -> dict[nn.Module, _Role]:
@@ -136,11 +140,9 @@ def _roles(names: Mapping[nn.Module, str], root: nn.Module, kinds: frozenset[str
     roles = {}
     for module, name in names.items():
         kind = activations.get(module)
-        dim = _producer_channel_dim(module)
-        per_channel = isinstance(module, _PER_CHANNEL)
-        roles[module] = _Role(name, module is root, kind if kind in kinds else None, dim,
-                              (name,) if isinstance(module, (_CONV, nn.Linear)) else None, per_channel,
-                              dim is not None or per_channel)
+        roles[module] = _Role(name, module is root, kind if kind in kinds else None, _producer_channel_dim(module),
+                              (name,) if isinstance(module, (_CONV, nn.Linear)) else None,
+                              isinstance(module, _PER_CHANNEL))
     return roles
 
 
