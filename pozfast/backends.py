@@ -9,7 +9,9 @@ the device's architecture, Triton a device of compute capability 8.0 or newer. T
 runs on CPU tensors only when forced under ``TRITON_INTERPRET=1`` (set before the kernels are imported),
 which is how its tests run without a GPU. The environment
 variable ``POZFAST_BACKEND`` or the context manager :func:`use_backend` forces one; forcing a backend
-that cannot run the call raises an error that says why, instead of silently falling back.
+that cannot run the call raises an error that says why, instead of silently falling back. The ranking
+inside Spearman and Kendall comparisons runs on host arrays, also for GPU data: a forced GPU backend
+(``cuda-native``, ``triton``) leaves it to the default rule.
 """
 
 from __future__ import annotations
@@ -161,12 +163,16 @@ _NATIVE = {"cpu": "cpu-native", "cuda": "cuda-native"}
 _DEFAULT_ORDER = {"cpu": ("cpu-native",), "cuda": ("cuda-native", "triton")}
 
 
-def select(op: str, device: torch.device, supported: tuple[str, ...]) -> str:
+def select(op: str, device: torch.device, supported: tuple[str, ...], host_step: bool = False) -> str:
     """The backend that runs ``op`` on ``device``: the forced one, else native when available, else torch.
 
-    ``supported`` lists the backends that implement ``op``; ``torch`` always does.
+    ``supported`` lists the backends that implement ``op``; ``torch`` always does. ``host_step``: ``op`` runs
+    on host arrays as a step of calls that may run on a GPU (ranking for Spearman comparisons): a backend
+    forced for the GPU (cuda-native, triton) is for the GPU steps, and this one follows the default rule.
     """
     forced = forced_backend()
+    if host_step and forced in ("cuda-native", "triton"):
+        forced = None
     statuses = _statuses(_cuda_index(device) if device.type == "cuda" else None)
     if forced is None:  # ops call this on every call: no temporaries
         for name in _DEFAULT_ORDER.get(device.type, ()):

@@ -19,6 +19,7 @@ from pozfast.interop import as_feature_set, canonical_method, rdms_out, result_d
 from pozfast.ops import rdm_tiles
 from pozfast.rows import (RowStats, SquaredNorms, compute_dtype, condensed_length, default_block, row_stats,
                           squared_norms)
+from pozfast.validate import device as checked_device
 from pozfast.validate import optional_positive_int
 
 
@@ -56,7 +57,10 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
             default the identity.
         dtype: floating dtype of the result. Default float64 for every input form (numpy, torch, rsatoolbox),
             whatever the compute dtype: GEMMs run in float32 for float32 features (float64 for float64), and
-            their float32 rounding (about 1e-7 of the values' scale) stays in the float64 result. Ask for
+            their float32 rounding (about 1e-7 of the values' scale) stays in the float64 result. On a GPU,
+            the cuda-native and torch backends' float32 GEMMs follow torch's TF32 setting
+            (``torch.backends.cuda.matmul.fp32_precision``, ``allow_tf32``): with TF32 on, about 1e-3
+            (Triton's are IEEE float32 either way). Ask for
             ``torch.float32`` to keep a float32 result without the float64 copy (half the memory). A ``.npy``
             file gets ``dtype``, else the compute dtype.
     Returns:
@@ -72,6 +76,7 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
     """
     method = canonical_method(method, "rdm")
     block = optional_positive_int(block, "block")
+    device = None if device is None else checked_device(device)
     to_file = not (isinstance(out, str) and out in ("condensed", "square"))
     if to_file and not str(out).endswith(".npy"):
         raise ValueError(f"out must be 'condensed', 'square' or a path ending in .npy, got {out!r}")
@@ -86,7 +91,7 @@ def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "conden
         return _rdms_to_file(rows, Path(out), block, device, progress, dtype, form.is_set)
     res = [_rdm_into(m, stats, out == "square", None, block, device, progress) for m, stats in rows]
     if device is not None and form.kind == "torch":
-        form = dataclasses.replace(form, device=torch.device(device))
+        form = dataclasses.replace(form, device=device)
     return rdms_out(torch.stack(res) if form.is_set else res[0], form, measure=method, dtype=dtype)
 
 
@@ -100,7 +105,7 @@ def _rdm_into(X: Tensor, stats: RowStats | SquaredNorms | CrossTerms, square: bo
               block: int | None, device, progress: bool) -> Tensor:
     """The RDM of one (N, D) matrix with its ``stats``, into ``result`` (a condensed buffer) or a new tensor in
     the compute dtype."""
-    device = torch.device(device) if device is not None else X.device
+    device = device if device is not None else X.device
     dtype = compute_dtype(X)
     n = X.shape[0]
     if result is None:

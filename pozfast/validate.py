@@ -85,7 +85,9 @@ def batch_iterable(value: Any, name: str, *, reusable: bool = False) -> Iterable
 
 
 def device(value: Any, name: str = "device") -> torch.device:
-    """A ``torch.device`` or its name, of a kind this machine has (``"cuda:7"`` on a 2-GPU machine is refused)."""
+    """A ``torch.device`` or its name, of a kind this machine has (``"cuda:7"`` on a 2-GPU machine is refused),
+    as tensors made there report it: ``"cuda"`` is the current CUDA device with its index, ``"cpu:0"`` is
+    ``cpu``."""
     if isinstance(value, bool) or not isinstance(value, (str, torch.device, numbers.Integral)):
         raise TypeError(f"{name} must be a torch device such as 'cpu' or 'cuda:0', got {type(value).__name__}")
     try:
@@ -98,7 +100,7 @@ def device(value: Any, name: str = "device") -> torch.device:
     if not available or (dev.index is not None and count is not None and dev.index >= count()):
         raise ValueError(f"{name} {str(dev)!r} is not available on this machine "
                          f"({count() if available and count else 0} {dev.type} devices)")
-    return dev
+    return torch.empty(0, device=dev).device
 
 
 def folder_path(value: str | os.PathLike, name: str) -> Path:

@@ -13,6 +13,15 @@ import pozfast  # noqa: E402
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
+def pytest_report_header(config):
+    if torch.cuda.is_available():  # the GPU tests' float32 tolerances assume IEEE float32 GEMMs
+        matmul = torch.backends.cuda.matmul
+        mode = getattr(matmul, "fp32_precision", None) or ("tf32" if matmul.allow_tf32 else "ieee")
+        override = os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1"
+        return f"cuBLAS float32 matmul: {mode}{' (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1: TF32)' if override else ''}"
+    return None
+
+
 def available_backends(device: str, triton: bool = True) -> list:
     """pytest params for the backends that can run on ``device``, unavailable ones skipped with the reason."""
     status = pozfast.backends()

@@ -162,7 +162,7 @@ def test_rdm_of_cuda_features_in_every_form(backend, tmp_path):
             on_gpu = R.rdm(x, device="cuda", block=64)  # CPU features, GEMMs on the GPU
     assert condensed.is_cuda and square.is_cuda and on_gpu.is_cuda
     for got, want in [(condensed, want_condensed), (square, want_square), (on_gpu, want_condensed),
-                      (torch.from_numpy(np.load(path)), want_condensed)]:
+                      (torch.from_numpy(np.load(path)).double(), want_condensed)]:  # the file: float32
         torch.testing.assert_close(got.cpu(), want, rtol=0, atol=3e-5, equal_nan=True)
 
 

@@ -17,6 +17,7 @@ from pozfast import geometry as R
 from pozfast.curves import _step_counts
 from pozfast.ops import rdm_tiles
 from pozfast.ops.rdm_tiles import RefMode, pack_condensed, pair_moments
+from pozfast.rows import row_stats
 from tests.conftest import available_backends
 
 
@@ -490,6 +491,43 @@ def test_triton_tiles_match_references(n, d, dtype):
             assert got_c.n_pairs == want_c.n_pairs
             if n > 2:
                 assert got_c.value == pytest.approx(want_c.value, abs=1e-10 if dtype == torch.float64 else 1e-5)
+
+
+@triton_forced
+@pytest.mark.parametrize("block", [5, 16, 37, 100])
+def test_triton_condensed_rdm_by_block_rows_as_written_to_a_file_from_the_gpu(block):
+    # A condensed result off the GEMMs' device (a .npy file of GPU features) is written a block row at a
+    # time; the interpreter has no second device, so the staged path is called directly.
+    x = torch.from_numpy(data("sparse", 70, 9, 3)).float()
+    x[4] = 2.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", R.ZeroVarianceWarning)
+        want = R.rdm(x, dtype=torch.float32)
+        stats = row_stats(x, centre=True)
+    got = torch.full_like(want, 7.0)
+    with pozfast.use_backend("triton"):
+        rdm_tiles._triton_condensed(x, got, stats, torch.float32, block, x.device, staged=True, progress=False)
+    assert torch.equal(torch.isnan(got), torch.isnan(want))
+    torch.testing.assert_close(got.nan_to_num(), want.nan_to_num(), rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("backend", ["cuda-native", "triton"])
+@pytest.mark.parametrize("method", ["spearman", "kendall_tau_a"])
+def test_ranking_follows_the_default_rule_when_a_gpu_backend_is_forced(backend, method):
+    # Ranks run on host arrays, also within a comparison of GPU RDMs: a backend forced for the GPU is not theirs.
+    a, b = pdist(data("random", 40, 6, 1), "correlation"), pdist(data("random", 40, 3, 2), "correlation")
+    want = R.compare_rdms(a, b, method)
+    with pozfast.use_backend(backend):
+        got = R.compare_rdms(a, b, method)
+    assert (got.value, got.n_pairs) == (want.value, want.n_pairs)
+
+
+def test_a_device_is_taken_as_tensors_made_there_report_it():
+    from pozfast.validate import device
+
+    assert device("cpu:0") == torch.device("cpu") == torch.empty(0, device="cpu:0").device
+    if torch.cuda.is_available():
+        assert device("cuda") == torch.device("cuda", torch.cuda.current_device())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")

@@ -76,15 +76,18 @@ def _add_moments(out_ptr, ok, x, y):
 
 
 @triton.jit
-def _condensed_kernel(x_ptr, stride, mean_ptr, inv_ptr, bad_ptr, out_ptr, tiles_ptr, n, d,
+def _condensed_kernel(x_ptr, stride, mean_ptr, inv_ptr, bad_ptr, out_ptr, tiles_ptr, n, d, row_lo, row_hi, base,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
+    """The tile's pairs (i, j), j > i, of rows row_lo <= i < row_hi, stored at their condensed index - base."""
     rows_i, rows_j = _tile_rows(tiles_ptr, BLOCK_M, BLOCK_N)
     r = _normalised_gram(x_ptr, stride, mean_ptr, inv_ptr, rows_i, rows_j, n, d, BLOCK_M, BLOCK_N, BLOCK_K, ACC)
-    upper = (rows_j[None, :] > rows_i[:, None]) & (rows_j < n)[None, :]
+    mine = (rows_i >= row_lo) & (rows_i < row_hi)
+    upper = (rows_j[None, :] > rows_i[:, None]) & (rows_j < n)[None, :] & mine[:, None]
     bad = (tl.load(bad_ptr + rows_i, mask=rows_i < n, other=0) != 0)[:, None] | \
           (tl.load(bad_ptr + rows_j, mask=rows_j < n, other=0) != 0)[None, :]
     value = tl.where(bad, float("nan"), 1.0 - r)
-    tl.store(out_ptr + _condensed_index(rows_i, rows_j, n), value.to(out_ptr.dtype.element_ty), mask=upper)
+    tl.store(out_ptr + (_condensed_index(rows_i, rows_j, n) - base), value.to(out_ptr.dtype.element_ty),
+             mask=upper)
 
 
 @triton.jit
@@ -127,11 +130,15 @@ def _meta(x: torch.Tensor, kernel: str) -> dict:
     return production_meta(x.dtype, kernel)
 
 
-def upper_tiles(n: int, block_m: int, block_n: int, device, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """int32 (T, 2) block coordinates (bm, bn) of the tiles that hold pairs j > i; every world-th from rank."""
+def upper_tiles(n: int, block_m: int, block_n: int, device, rank: int = 0, world: int = 1,
+                rows: tuple[int, int] | None = None) -> torch.Tensor:
+    """int32 (T, 2) block coordinates (bm, bn) of the tiles that hold pairs j > i (of rows lo <= i < hi with
+    ``rows=(lo, hi)``); every world-th from rank."""
     bm = torch.arange(triton.cdiv(n, block_m)).repeat_interleave(triton.cdiv(n, block_n))
     bn = torch.arange(triton.cdiv(n, block_n)).repeat(triton.cdiv(n, block_m))
     keep = (bn + 1) * block_n - 1 > bm * block_m
+    if rows is not None:
+        keep &= ((bm + 1) * block_m > rows[0]) & (bm * block_m < rows[1])
     return torch.stack([bm[keep], bn[keep]], 1)[rank::world].to(device=device, dtype=torch.int32)
 
 
@@ -140,14 +147,18 @@ def _on(x: torch.Tensor):
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
 
 
-def condensed_rdm(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, bad: torch.Tensor, out: torch.Tensor) -> None:
-    """The condensed RDM of the rows of x (row-major, unit column stride) into ``out``."""
+def condensed_rdm(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, bad: torch.Tensor, out: torch.Tensor,
+                  rows: tuple[int, int] | None = None) -> None:
+    """The condensed RDM of the rows of x (row-major, unit column stride) into ``out``; with ``rows=(lo, hi)``,
+    its pairs (i, j) of rows lo <= i < hi, which are one span of it, into ``out`` of that span's length."""
     n, d = x.shape
+    lo, hi = rows if rows is not None else (0, n)
     meta = _meta(x, "condensed")
-    tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device)
+    tiles = upper_tiles(n, meta["BLOCK_M"], meta["BLOCK_N"], x.device, rows=rows)
     if len(tiles):
         with _on(x):
-            _condensed_kernel[(len(tiles),)](x, x.stride(0), mean, inv, bad, out, tiles, n, d, **meta)
+            _condensed_kernel[(len(tiles),)](x, x.stride(0), mean, inv, bad, out, tiles, n, d, lo, hi,
+                                             lo * n - lo * (lo + 1) // 2, **meta)
 
 
 def pair_moments(x: torch.Tensor, x_mean, x_inv, bad: torch.Tensor, *, y: torch.Tensor | None = None, y_mean=None,
@@ -191,15 +202,18 @@ def _curve_kernel(x_ptr, stride, mean_ptr, bounds_ptr, s_ptr, q_ptr, ref_ptr, re
     mj = tl.load(mean_ptr + rows_j, mask=ok_j, other=0.0).to(ACC)
     g = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     lo = 0
+    s_at, q_at = s_ptr, q_ptr  # the step's rows of s_steps and q_steps: pointers advance, no step * n index
     for step in range(0, steps):
         hi = tl.load(bounds_ptr + step)
         g = _add_shifted_gram(g, x_ptr, stride, mi, mj, rows_i, rows_j, ok_i, ok_j, lo, hi, BLOCK_K, ACC)
         lo = hi
         k = hi.to(tl.float64)
-        si = tl.load(s_ptr + step * n + rows_i, mask=ok_i, other=0.0)
-        qi = tl.load(q_ptr + step * n + rows_i, mask=ok_i, other=0.0)
-        sj = tl.load(s_ptr + step * n + rows_j, mask=ok_j, other=0.0)
-        qj = tl.load(q_ptr + step * n + rows_j, mask=ok_j, other=0.0)
+        si = tl.load(s_at + rows_i, mask=ok_i, other=0.0)
+        qi = tl.load(q_at + rows_i, mask=ok_i, other=0.0)
+        sj = tl.load(s_at + rows_j, mask=ok_j, other=0.0)
+        qj = tl.load(q_at + rows_j, mask=ok_j, other=0.0)
+        s_at += n
+        q_at += n
         vi = qi - si * si / k
         vj = qj - sj * sj / k
         good_i = (vi > eps * qi) & (vi > 0)

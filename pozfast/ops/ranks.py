@@ -65,7 +65,7 @@ def vector(x, name: str = "x") -> np.ndarray:
 
 
 def _native_ok(n: int) -> bool:
-    return n <= _NATIVE_MAX and select("ranks", torch.device("cpu"), _SUPPORTED) == "cpu-native"
+    return n <= _NATIVE_MAX and select("ranks", torch.device("cpu"), _SUPPORTED, host_step=True) == "cpu-native"
 
 
 def rank(x) -> Ranking:

@@ -171,10 +171,8 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTe
     staged = not square and result.device != device
     gram = isinstance(stats, RowStats)
     cross = isinstance(stats, CrossTerms)
-    if gram and not square and not staged and select("rdm", device, TILE_BACKENDS) == "triton":
-        from pozfast.triton_kernels.rdm_tiles import condensed_rdm  # one fused kernel: GEMM tiles + packing
-
-        condensed_rdm(*triton_operands(X, stats, dtype, device), result)
+    if gram and not square and select("rdm", device, TILE_BACKENDS) == "triton":
+        _triton_condensed(X, result, stats, dtype, block, device, staged, progress)
         return
     bad = stats.bad.to(device=device, dtype=torch.uint8) if gram else None
     rows = RowBlocks(X, stats, dtype, device, prepare=True)  # an RDM's N x N result dwarfs an N x D copy
@@ -212,6 +210,26 @@ def fill_rdm(X: Tensor, result: Tensor, stats: RowStats | SquaredNorms | CrossTe
     if square and gram:
         b = stats.bad.to(result.device)
         result.masked_fill_(b[:, None], float("nan")).masked_fill_(b[None, :], float("nan"))  # broadcast masks
+
+
+def _triton_condensed(X: Tensor, result: Tensor, stats: RowStats, dtype, block: int, device, staged: bool,
+                      progress: bool) -> None:
+    """fill_rdm's condensed RDM of Gram tiles with Triton: one fused kernel (GEMM tiles and packing) for the
+    whole RDM, or, staged, per block row into a device buffer that is then copied out."""
+    from pozfast.triton_kernels.rdm_tiles import condensed_rdm
+
+    operands = triton_operands(X, stats, dtype, device)
+    if not staged:
+        condensed_rdm(*operands, result)
+        return
+    n = X.shape[0]
+    with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
+        for i0 in range(0, n, block):
+            i1 = min(i0 + block, n)
+            span = torch.empty(_row_start(i1, n) - _row_start(i0, n), dtype=dtype, device=device)
+            condensed_rdm(*operands, span, rows=(i0, i1))
+            result[_row_start(i0, n):_row_start(i1, n)].copy_(span)
+            bar.update(-(-(n - i0) // block))  # the block row's tiles
 
 
 def similarity_moments(X: Tensor, Y: Tensor | None, ref: Tensor | None, sx: RowStats, sy: RowStats | None,
