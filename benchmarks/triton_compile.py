@@ -2,10 +2,10 @@
 
     python benchmarks/triton_compile.py [--archs 80 90]
 
-Each kernel is compiled in the configurations a GPU would run (relu_count's autotune configs, the RDM
-kernels' production tile sizes, float64 dots included) with ``triton.compile`` and an explicit
-``GPUTarget``, down to a cubin, whose resource table (Triton's own cuobjdump) gives registers per thread and
-local memory per thread (spills and stack).
+Each kernel is compiled in the configurations a GPU would run (the autotune configs of relu_count and of the
+tracker's near_zero kernel, the RDM kernels' production tile sizes, float64 dots included) with
+``triton.compile`` and an explicit ``GPUTarget``, down to a cubin, whose resource table (Triton's own
+cuobjdump) gives registers per thread and local memory per thread (spills and stack).
 """
 
 from __future__ import annotations
@@ -42,13 +42,34 @@ def _relu_count_specs(dtype: str):
     upcast = dtype in ("float16", "bfloat16")
     for cfg in rc._ROWS_CONFIGS:
         sig = {**ptrs, "inner": "i32", "channels": "i32", "size_key": "i32", "BLOCK": "constexpr", "UPCAST": "constexpr",
-               "ON_GPU": "constexpr"}
-        yield ("relu_count rows", rc._rows_kernel, sig, {**cfg.kwargs, "UPCAST": upcast, "ON_GPU": True}, cfg.num_warps,
+               "CLEAR": "constexpr"}
+        yield ("relu_count rows", rc._rows_kernel, sig, {**cfg.kwargs, "UPCAST": upcast, "CLEAR": True}, cfg.num_warps,
                cfg.num_stages)
     for cfg in rc._POSITIONS_CONFIGS:
         sig = {**ptrs, "outer": "i32", "positions": "i32", "inner": "i32", "size_key": "i32",
-               "BLOCK_R": "constexpr", "BLOCK_P": "constexpr", "UPCAST": "constexpr", "ON_GPU": "constexpr"}
-        yield ("relu_count positions", rc._positions_kernel, sig, {**cfg.kwargs, "UPCAST": upcast, "ON_GPU": True},
+               "BLOCK_R": "constexpr", "BLOCK_P": "constexpr", "UPCAST": "constexpr", "CLEAR": "constexpr"}
+        yield ("relu_count positions", rc._positions_kernel, sig, {**cfg.kwargs, "UPCAST": upcast, "CLEAR": True},
+               cfg.num_warps, cfg.num_stages)
+
+
+def _near_zero_specs(dtype: str):
+    """The tracker's kernel: ReLU fused with the counts of one threshold, without a mask."""
+    from pozfast.triton_kernels import near_zero as nz
+
+    key_bits = {"float64": 64, "float16": 16, "bfloat16": 16}.get(dtype, 32)
+    ptrs = {"x_ptr": _PTR[dtype], "y_ptr": _PTR[dtype], "counts_ptr": "*i64",
+            "keys_ptr": "*i64" if key_bits == 64 else "*i32", "mask_ptr": "*u8"}
+    flags = {"T": 1, "T_PAD": 1, "KEY_BITS": key_bits, "HAS_MASK": False, "RELU": True,
+             "UPCAST": key_bits == 16, "CLEAR": True}
+    both = {"size_bucket": "i32", **{k: "constexpr" for k in flags}}
+    for cfg in nz._ROWS_CONFIGS:
+        sig = {**ptrs, "rows": "i32", "inner": "i32", "channels": "i32", "repeat": "i32", **both, "BLOCK": "constexpr"}
+        yield "near_zero rows (tracker)", nz._rows_kernel, sig, {**flags, **cfg.kwargs}, cfg.num_warps, cfg.num_stages
+    for cfg in nz._POSITIONS_CONFIGS:
+        sig = {**ptrs, "outer": "i32", "positions": "i32", "inner": "i32", "channels": "i32", "repeat": "i32", **both,
+               "BLOCK_R": "constexpr", "BLOCK_P": "constexpr"}
+        rows = nz._rows_per_step({"T_PAD": 1, **cfg.kwargs})
+        yield ("near_zero positions (tracker)", nz._positions_kernel, sig, {**flags, **cfg.kwargs, "BLOCK_R": rows},
                cfg.num_warps, cfg.num_stages)
 
 
@@ -64,7 +85,7 @@ def _rdm_specs(dtype: str):
     x = _PTR[dtype]
     f64 = "*fp64"
     sig = {"x_ptr": x, "stride": "i32", "mean_ptr": x, "inv_ptr": x, "bad_ptr": "*u8", "out_ptr": x, "tiles_ptr": "*i32",
-           "n": "i32", "d": "i32", **blocks}
+           "n": "i32", "d": "i32", "row_lo": "i32", "row_hi": "i32", "base": "i64", **blocks}
     yield "rdm condensed", rt._condensed_kernel, sig, *meta("condensed")
     for features in (True, False):
         sig = {"x_ptr": x, "x_stride": "i32", "x_mean": x, "x_inv": x, "y_ptr": x, "y_stride": "i32", "y_mean": x,
@@ -76,7 +97,7 @@ def _rdm_specs(dtype: str):
     for condensed in (False, True):
         sig = {"x_ptr": x, "stride": "i32", "mean_ptr": x, "bounds_ptr": "*i32", "s_ptr": f64, "q_ptr": f64,
                "ref_ptr": f64 if condensed else x, "ref_mean": x, "ref_inv": x, "bad_ptr": "*u8", "out_ptr": f64,
-               "tiles_ptr": "*i32", "n": "i32", "d": "i32", "steps": "i32", "eps": "fp64",
+               "tiles_ptr": "*i32", "n": "i32", "d": "i32", "steps": "i32", "eps": "fp32",
                "REF_IS_CONDENSED": "constexpr", **blocks}
         consts, warps, stages = meta("curve")
         name = "insertion curve " + ("given RDM" if condensed else "own RDM")
@@ -85,10 +106,11 @@ def _rdm_specs(dtype: str):
 
 def specs(every_config: bool = False):
     """(kernel name, JIT function, signature, constexprs, num_warps, num_stages, dtype) of the production builds:
-    relu_count's autotune configs in float32 (in every dtype with ``every_config``, else one per kernel)."""
+    relu_count's and the tracker's near_zero autotune configs in float32 (in every dtype with ``every_config``,
+    else one per kernel)."""
     for dtype in ("float32", "bfloat16", "float16", "float64"):
         seen = set()
-        for spec in _relu_count_specs(dtype):
+        for spec in (*_relu_count_specs(dtype), *_near_zero_specs(dtype)):
             if every_config or dtype == "float32" or spec[0] not in seen:
                 seen.add(spec[0])
                 yield (*spec, dtype)

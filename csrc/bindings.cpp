@@ -159,32 +159,32 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "relu_count_cuda",
       [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, int dtype,
-         uintptr_t stream) {
+         bool clear, uintptr_t stream) {
         const auto dt = to_dtype(dtype);
         int err;
         {
           py::gil_scoped_release release;
           err = pozfast::relu_count_cuda(ptr<const void>(x), ptr<void>(y), ptr<int64_t>(counts), outer, channels,
-                                         inner, dt, ptr<void>(stream));
+                                         inner, dt, clear, ptr<void>(stream));
         }
         check_cuda(err, "relu_count");
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
-      py::arg("dtype"), py::arg("stream"));
+      py::arg("dtype"), py::arg("clear"), py::arg("stream"));
   m.def(
       "near_zero_count_cuda",
       [](uintptr_t x, uintptr_t y, uintptr_t counts, int64_t outer, int64_t channels, int64_t inner, uintptr_t mask,
-         int64_t repeat, const std::vector<int64_t>& keys, int dtype, uintptr_t stream) {
+         int64_t repeat, const std::vector<int64_t>& keys, int dtype, bool clear, uintptr_t stream) {
         const auto args = near_zero_args(x, y, counts, outer, channels, inner, mask, repeat, keys, dtype);
         int err;
         {
           py::gil_scoped_release release;
-          err = pozfast::near_zero_count_cuda(args, ptr<void>(stream));
+          err = pozfast::near_zero_count_cuda(args, clear, ptr<void>(stream));
         }
         check_cuda(err, "near_zero_count");
       },
       py::arg("x"), py::arg("y"), py::arg("counts"), py::arg("outer"), py::arg("channels"), py::arg("inner"),
-      py::arg("mask"), py::arg("repeat"), py::arg("keys"), py::arg("dtype"), py::arg("stream"));
+      py::arg("mask"), py::arg("repeat"), py::arg("keys"), py::arg("dtype"), py::arg("clear"), py::arg("stream"));
   m.def("cuda_device_count", &pozfast::cuda_device_count);
   m.def("cuda_kernel_image", &pozfast::cuda_kernel_image, py::arg("device"),
         "0 when the compiled kernels run on this device, else the CUDA error code.");

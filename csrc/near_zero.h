@@ -35,7 +35,8 @@ int near_zero_count_cpu(const NearZeroArgs& args, int threads);
 
 #ifdef POZFAST_WITH_CUDA
 // Launches on `stream` (a cudaStream_t) without synchronising; returns a cudaError_t value (0 on success).
-int near_zero_count_cuda(const NearZeroArgs& args, void* stream);
+// `clear`: the fused relu(-0.0) is +0.0, as torch's CUDA relu gives it in some versions (relu_cuda.h).
+int near_zero_count_cuda(const NearZeroArgs& args, bool clear, void* stream);
 #endif
 
 }  // namespace pozfast

@@ -52,8 +52,8 @@ struct Taus {
 // One element: relu it in place when kRelu, count it when kCount.
 template <typename E, bool kRelu, bool kCount, int kMax>
 __device__ __forceinline__ typename E::Elem visit(typename E::Elem v, const Taus<E, kMax>& taus,
-                                                  unsigned (&cnt)[kMax]) {
-  if (kRelu) v = E::relu(v);
+                                                  unsigned (&cnt)[kMax], bool clear) {
+  if (kRelu) v = E::relu(v, clear);
   if (kCount) taus.count(E::key(v), cnt);
   return v;
 }
@@ -61,27 +61,28 @@ __device__ __forceinline__ typename E::Elem visit(typename E::Elem v, const Taus
 // This thread's elements of x[begin, end), block-strided, 16 bytes at a time where aligned.
 template <typename E, bool kRelu, bool kCount, bool kVector, int kMax>
 __device__ __forceinline__ void visit_span(const typename E::Elem* x, typename E::Elem* y, int64_t begin,
-                                           int64_t end, const Taus<E, kMax>& taus, unsigned (&cnt)[kMax]) {
+                                           int64_t end, const Taus<E, kMax>& taus, unsigned (&cnt)[kMax],
+                                           bool clear) {
   using U = typename E::Elem;
   using V = Vec<U>;
   int64_t i = begin;
   if (kVector) {
     const int64_t head = std::min<int64_t>(end, (begin + V::kN - 1) / V::kN * V::kN);
     for (int64_t k = begin + threadIdx.x; k < head; k += blockDim.x) {
-      const U v = visit<E, kRelu, kCount>(x[k], taus, cnt);
+      const U v = visit<E, kRelu, kCount>(x[k], taus, cnt, clear);
       if (kRelu) y[k] = v;
     }
     const int64_t body_end = head + (end - head) / V::kN * V::kN;
     for (int64_t k = head + int64_t(threadIdx.x) * V::kN; k < body_end; k += int64_t(blockDim.x) * V::kN) {
       V in = *reinterpret_cast<const V*>(x + k);
 #pragma unroll
-      for (int l = 0; l < V::kN; ++l) in.v[l] = visit<E, kRelu, kCount>(in.v[l], taus, cnt);
+      for (int l = 0; l < V::kN; ++l) in.v[l] = visit<E, kRelu, kCount>(in.v[l], taus, cnt, clear);
       if (kRelu) *reinterpret_cast<V*>(y + k) = in;
     }
     i = body_end;
   }
   for (int64_t k = i + threadIdx.x; k < end; k += blockDim.x) {
-    const U v = visit<E, kRelu, kCount>(x[k], taus, cnt);
+    const U v = visit<E, kRelu, kCount>(x[k], taus, cnt, clear);
     if (kRelu) y[k] = v;
   }
 }
@@ -107,7 +108,7 @@ __device__ __forceinline__ void block_add(unsigned (&cnt)[kMax], int count, Coun
 }
 
 template <typename E, bool kRelu, bool kVector, int kMax>
-__global__ void __launch_bounds__(kThreads) near_zero_rows(NearZeroArgs a) {
+__global__ void __launch_bounds__(kThreads) near_zero_rows(NearZeroArgs a, bool clear) {
   using U = typename E::Elem;
   const U* x = static_cast<const U*>(a.x);
   U* y = static_cast<U*>(a.y);
@@ -121,10 +122,10 @@ __global__ void __launch_bounds__(kThreads) near_zero_rows(NearZeroArgs a) {
     const int64_t end = std::min(begin + kChunk, (row + 1) * a.inner);
     unsigned cnt[kMax] = {};
     if (a.mask != nullptr && a.mask[row / a.channels / a.repeat] == 0) {  // the same for the whole block
-      if (kRelu) visit_span<E, true, false, kVector>(x, y, begin, end, taus, cnt);
+      if (kRelu) visit_span<E, true, false, kVector>(x, y, begin, end, taus, cnt, clear);
       continue;
     }
-    visit_span<E, kRelu, true, kVector>(x, y, begin, end, taus, cnt);
+    visit_span<E, kRelu, true, kVector>(x, y, begin, end, taus, cnt, clear);
     block_add(cnt, a.num_thresholds, counts + row % a.channels, a.channels);
   }
 }
@@ -134,7 +135,7 @@ __global__ void __launch_bounds__(kThreads) near_zero_rows(NearZeroArgs a) {
 // the block sums its threads' counts per channel in shared memory ([count, width] counters: the block
 // spans at most `width` channels) and adds each nonzero total to global memory.
 template <typename E, bool kRelu, int kMax>
-__global__ void __launch_bounds__(kThreads) near_zero_positions(NearZeroArgs a, int width) {
+__global__ void __launch_bounds__(kThreads) near_zero_positions(NearZeroArgs a, int width, bool clear) {
   using U = typename E::Elem;
   extern __shared__ unsigned by_channel[];
   const U* x = static_cast<const U*>(a.x);
@@ -156,10 +157,10 @@ __global__ void __launch_bounds__(kThreads) near_zero_positions(NearZeroArgs a, 
     for (; row < a.outer; row += step) {
       const int64_t k = row * positions + p;
       if (a.mask == nullptr || a.mask[q] != 0) {
-        const U v = visit<E, kRelu, true>(x[k], taus, cnt);
+        const U v = visit<E, kRelu, true>(x[k], taus, cnt, clear);
         if (kRelu) y[k] = v;
       } else if (kRelu) {
-        y[k] = E::relu(x[k]);
+        y[k] = E::relu(x[k], clear);
       }
       q += step_q, r += step_r;
       if (r >= repeat) r -= repeat, ++q;
@@ -182,13 +183,13 @@ __global__ void __launch_bounds__(kThreads) near_zero_positions(NearZeroArgs a, 
 }
 
 template <typename E, bool kRelu, int kMax>
-cudaError_t launch(const NearZeroArgs& a, cudaStream_t stream) {
+cudaError_t launch(const NearZeroArgs& a, bool clear, cudaStream_t stream) {
   if (a.inner >= kRowModeMinInner) {
     const int64_t items = a.outer * a.channels * ((a.inner + kChunk - 1) / kChunk);
     const unsigned grid = static_cast<unsigned>(std::min(items, kMaxBlocks));
     const bool aligned = reinterpret_cast<uintptr_t>(a.x) % 16 == 0 && reinterpret_cast<uintptr_t>(a.y) % 16 == 0;
-    if (aligned) near_zero_rows<E, kRelu, true, kMax><<<grid, kThreads, 0, stream>>>(a);
-    else near_zero_rows<E, kRelu, false, kMax><<<grid, kThreads, 0, stream>>>(a);
+    if (aligned) near_zero_rows<E, kRelu, true, kMax><<<grid, kThreads, 0, stream>>>(a, clear);
+    else near_zero_rows<E, kRelu, false, kMax><<<grid, kThreads, 0, stream>>>(a, clear);
     return cudaGetLastError();
   }
   const int64_t positions = a.channels * a.inner;
@@ -203,27 +204,28 @@ cudaError_t launch(const NearZeroArgs& a, cudaStream_t stream) {
   const int64_t wanted = std::max<int64_t>(1, int64_t(sms) * kBlocksPerSm / grid_x);
   const int64_t grid_y = std::min({kMaxGridY, (a.outer + lanes - 1) / lanes, wanted});
   const size_t smem = sizeof(unsigned) * a.num_thresholds * width;
-  near_zero_positions<E, kRelu, kMax><<<dim3(unsigned(grid_x), unsigned(grid_y)), kThreads, smem, stream>>>(a, width);
+  near_zero_positions<E, kRelu, kMax><<<dim3(unsigned(grid_x), unsigned(grid_y)), kThreads, smem, stream>>>(a, width,
+                                                                                                     clear);
   return cudaGetLastError();
 }
 
 template <typename E, bool kRelu>
-cudaError_t launch_bounded(const NearZeroArgs& a, cudaStream_t stream) {
-  if (a.num_thresholds <= 1) return launch<E, kRelu, 1>(a, stream);
-  if (a.num_thresholds <= 4) return launch<E, kRelu, 4>(a, stream);
-  if (a.num_thresholds <= 8) return launch<E, kRelu, 8>(a, stream);
-  if (a.num_thresholds <= 16) return launch<E, kRelu, 16>(a, stream);
-  return launch<E, kRelu, kMaxThresholds>(a, stream);
+cudaError_t launch_bounded(const NearZeroArgs& a, bool clear, cudaStream_t stream) {
+  if (a.num_thresholds <= 1) return launch<E, kRelu, 1>(a, clear, stream);
+  if (a.num_thresholds <= 4) return launch<E, kRelu, 4>(a, clear, stream);
+  if (a.num_thresholds <= 8) return launch<E, kRelu, 8>(a, clear, stream);
+  if (a.num_thresholds <= 16) return launch<E, kRelu, 16>(a, clear, stream);
+  return launch<E, kRelu, kMaxThresholds>(a, clear, stream);
 }
 
 template <typename E>
-cudaError_t launch_any(const NearZeroArgs& a, cudaStream_t stream) {
-  return a.y != nullptr ? launch_bounded<E, true>(a, stream) : launch_bounded<E, false>(a, stream);
+cudaError_t launch_any(const NearZeroArgs& a, bool clear, cudaStream_t stream) {
+  return a.y != nullptr ? launch_bounded<E, true>(a, clear, stream) : launch_bounded<E, false>(a, clear, stream);
 }
 
 }  // namespace
 
-int near_zero_count_cuda(const NearZeroArgs& a, void* stream_handle) {
+int near_zero_count_cuda(const NearZeroArgs& a, bool clear, void* stream_handle) {
   if (a.num_thresholds < 1 || a.num_thresholds > kMaxThresholds || a.outer < 0 || a.channels < 0 || a.inner < 0 ||
       (a.mask != nullptr && a.repeat < 1))
     return static_cast<int>(cudaErrorInvalidValue);
@@ -231,10 +233,10 @@ int near_zero_count_cuda(const NearZeroArgs& a, void* stream_handle) {
   auto stream = static_cast<cudaStream_t>(stream_handle);
   // A fused ReLU follows torch's CUDA relu (relu_cuda.h); the keys are those of near_zero_elem.h.
   switch (a.dtype) {
-    case DType::Float32: return launch_any<NearZeroElem<CudaReluF32, int32_t, 0x7f800000u>>(a, stream);
-    case DType::Float64: return launch_any<NearZeroElem<CudaReluF64, int64_t, 0x7ff0000000000000u>>(a, stream);
-    case DType::Float16: return launch_any<NearZeroElem<CudaReluF16, int16_t, 0x7c00u>>(a, stream);
-    case DType::BFloat16: return launch_any<NearZeroElem<CudaReluBF16, int16_t, 0x7f80u>>(a, stream);
+    case DType::Float32: return launch_any<NearZeroElem<CudaReluF32, int32_t, 0x7f800000u>>(a, clear, stream);
+    case DType::Float64: return launch_any<NearZeroElem<CudaReluF64, int64_t, 0x7ff0000000000000u>>(a, clear, stream);
+    case DType::Float16: return launch_any<NearZeroElem<CudaReluF16, int16_t, 0x7c00u>>(a, clear, stream);
+    case DType::BFloat16: return launch_any<NearZeroElem<CudaReluBF16, int16_t, 0x7f80u>>(a, clear, stream);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

@@ -29,6 +29,8 @@ struct NearZeroElem {
     return static_cast<Key>(bits & kMagnitude);
   }
   static POZFAST_HD POZFAST_FORCEINLINE Elem relu(Elem v) { return Relu::relu(v); }
+  // The CUDA rules (relu_cuda.h) take the sign rule of a zero.
+  static POZFAST_HD POZFAST_FORCEINLINE Elem relu(Elem v, bool clear) { return Relu::relu(v, clear); }
 };
 
 using NearZeroF32 = NearZeroElem<ReluF32, int32_t, 0x7f800000u>;

@@ -26,9 +26,10 @@ const char* cpu_isa();
 void set_cpu_isa(const std::string& name);
 
 #ifdef POZFAST_WITH_CUDA
-// Launches on `stream` (a cudaStream_t); returns a cudaError_t value (0 on success).
+// Launches on `stream` (a cudaStream_t); returns a cudaError_t value (0 on success). `clear`: relu(-0.0) is
+// +0.0, as torch's CUDA relu gives it in some versions (relu_cuda.h).
 int relu_count_cuda(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels,
-                    int64_t inner, DType dtype, void* stream);
+                    int64_t inner, DType dtype, bool clear, void* stream);
 // Number of visible CUDA devices, or -(cudaError_t) when the runtime cannot be queried.
 int cuda_device_count();
 // 0 when this build holds kernels that run on `device` (machine code for its architecture, or PTX that the

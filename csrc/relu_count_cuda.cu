@@ -29,11 +29,12 @@ struct alignas(16) Vec {
 constexpr int kInFlight = 4;
 
 template <typename Op>
-__device__ __forceinline__ Vec<typename Op::Elem> relu_vector(const Vec<typename Op::Elem>& in, unsigned& zeros) {
+__device__ __forceinline__ Vec<typename Op::Elem> relu_vector(const Vec<typename Op::Elem>& in, unsigned& zeros,
+                                                              bool clear) {
   Vec<typename Op::Elem> out;
 #pragma unroll
   for (int l = 0; l < Vec<typename Op::Elem>::kN; ++l) {
-    out.v[l] = Op::relu(in.v[l]);
+    out.v[l] = Op::relu(in.v[l], clear);
     zeros += Op::is_zero(out.v[l]);
   }
   return out;
@@ -41,7 +42,7 @@ __device__ __forceinline__ Vec<typename Op::Elem> relu_vector(const Vec<typename
 
 template <typename Op, bool kVector>
 __device__ __forceinline__ unsigned relu_span(const typename Op::Elem* x, typename Op::Elem* y, int64_t begin,
-                                              int64_t end) {
+                                              int64_t end, bool clear) {
   using U = typename Op::Elem;
   using V = Vec<U>;
   unsigned zeros = 0;
@@ -49,7 +50,7 @@ __device__ __forceinline__ unsigned relu_span(const typename Op::Elem* x, typena
   if (kVector) {
     const int64_t head = std::min<int64_t>(end, (begin + V::kN - 1) / V::kN * V::kN);
     for (int64_t k = begin + threadIdx.x; k < head; k += blockDim.x) {
-      const U v = Op::relu(x[k]);
+      const U v = Op::relu(x[k], clear);
       y[k] = v;
       zeros += Op::is_zero(v);
     }
@@ -62,12 +63,12 @@ __device__ __forceinline__ unsigned relu_span(const typename Op::Elem* x, typena
         if (k0 + g * step < body_end) in[g] = *reinterpret_cast<const V*>(x + k0 + g * step);
 #pragma unroll
       for (int g = 0; g < kInFlight; ++g)
-        if (k0 + g * step < body_end) *reinterpret_cast<V*>(y + k0 + g * step) = relu_vector<Op>(in[g], zeros);
+        if (k0 + g * step < body_end) *reinterpret_cast<V*>(y + k0 + g * step) = relu_vector<Op>(in[g], zeros, clear);
     }
     i = body_end;
   }
   for (int64_t k = i + threadIdx.x; k < end; k += blockDim.x) {
-    const U v = Op::relu(x[k]);
+    const U v = Op::relu(x[k], clear);
     y[k] = v;
     zeros += Op::is_zero(v);
   }
@@ -93,13 +94,13 @@ __global__ void __launch_bounds__(kThreads) relu_count_rows(const typename Op::E
                                                             typename Op::Elem* y,
                                                             unsigned long long* counts,
                                                             int64_t rows, int64_t channels,
-                                                            int64_t inner) {
+                                                            int64_t inner, bool clear) {
   const int64_t chunks_per_row = (inner + kChunk - 1) / kChunk;
   for (int64_t item = blockIdx.x; item < rows * chunks_per_row; item += gridDim.x) {
     const int64_t row = item / chunks_per_row;
     const int64_t begin = row * inner + (item % chunks_per_row) * kChunk;
     const int64_t end = std::min(begin + kChunk, (row + 1) * inner);
-    const unsigned total = block_sum(relu_span<Op, kVector>(x, y, begin, end));
+    const unsigned total = block_sum(relu_span<Op, kVector>(x, y, begin, end, clear));
     if (threadIdx.x == 0 && total) atomicAdd(counts + row % channels, static_cast<unsigned long long>(total));
   }
 }
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(kThreads) relu_count_rows(const typename Op::E
 template <typename Op, bool kVector>
 __global__ void __launch_bounds__(kThreads, 4) relu_count_columns(const typename Op::Elem* x, typename Op::Elem* y,
                                                                unsigned long long* counts, int64_t rows,
-                                                               int64_t positions, int64_t inner) {
+                                                               int64_t positions, int64_t inner, bool clear) {
   using U = typename Op::Elem;
   constexpr int kN = Vec<U>::kN;
   __shared__ unsigned partial[kThreads * kN];
@@ -132,7 +133,7 @@ __global__ void __launch_bounds__(kThreads, 4) relu_count_columns(const typename
         Vec<U> out;
 #pragma unroll
         for (int l = 0; l < kN; ++l) {
-          out.v[l] = Op::relu(in[g].v[l]);
+          out.v[l] = Op::relu(in[g].v[l], clear);
           zeros[l] += Op::is_zero(out.v[l]);
         }
         *reinterpret_cast<Vec<U>*>(y + (r0 + g * step) * positions + p0) = out;
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(kThreads, 4) relu_count_columns(const typename
 #pragma unroll
       for (int l = 0; l < kN; ++l) {  // unrolled, so that zeros[] stays in registers
         if (l >= n) break;
-        const U v = Op::relu(x[r * positions + p0 + l]);
+        const U v = Op::relu(x[r * positions + p0 + l], clear);
         y[r * positions + p0 + l] = v;
         zeros[l] += Op::is_zero(v);
       }
@@ -171,7 +172,7 @@ int multiprocessors() {
 
 template <typename Op>
 cudaError_t launch(const void* xv, void* yv, int64_t* counts_i64, int64_t outer, int64_t channels,
-                   int64_t inner, cudaStream_t stream) {
+                   int64_t inner, bool clear, cudaStream_t stream) {
   using U = typename Op::Elem;
   const U* x = static_cast<const U*>(xv);
   U* y = static_cast<U*>(yv);
@@ -184,8 +185,8 @@ cudaError_t launch(const void* xv, void* yv, int64_t* counts_i64, int64_t outer,
     const int64_t rows = outer * channels;
     const int64_t items = rows * ((inner + kChunk - 1) / kChunk);
     const unsigned grid = static_cast<unsigned>(std::min(items, kMaxBlocks));
-    if (aligned) relu_count_rows<Op, true><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner);
-    else relu_count_rows<Op, false><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner);
+    if (aligned) relu_count_rows<Op, true><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner, clear);
+    else relu_count_rows<Op, false><<<grid, kThreads, 0, stream>>>(x, y, counts, rows, channels, inner, clear);
   } else {
     constexpr int kN = Vec<U>::kN;
     const int64_t positions = channels * inner, rows = numel / positions;
@@ -199,9 +200,9 @@ cudaError_t launch(const void* xv, void* yv, int64_t* counts_i64, int64_t outer,
     const int64_t grid_y = std::min<int64_t>({want_y, (rows + block.y - 1) / block.y, 65535});
     const dim3 grid(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y));
     if (aligned && positions % kN == 0)
-      relu_count_columns<Op, true><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner);
+      relu_count_columns<Op, true><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner, clear);
     else
-      relu_count_columns<Op, false><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner);
+      relu_count_columns<Op, false><<<grid, block, 0, stream>>>(x, y, counts, rows, positions, inner, clear);
   }
   return cudaGetLastError();
 }
@@ -209,13 +210,13 @@ cudaError_t launch(const void* xv, void* yv, int64_t* counts_i64, int64_t outer,
 }  // namespace
 
 int relu_count_cuda(const void* x, void* y, int64_t* counts, int64_t outer, int64_t channels,
-                    int64_t inner, DType dtype, void* stream_handle) {
+                    int64_t inner, DType dtype, bool clear, void* stream_handle) {
   auto stream = static_cast<cudaStream_t>(stream_handle);
   switch (dtype) {
-    case DType::Float32: return launch<CudaReluF32>(x, y, counts, outer, channels, inner, stream);
-    case DType::Float64: return launch<CudaReluF64>(x, y, counts, outer, channels, inner, stream);
-    case DType::Float16: return launch<CudaReluF16>(x, y, counts, outer, channels, inner, stream);
-    case DType::BFloat16: return launch<CudaReluBF16>(x, y, counts, outer, channels, inner, stream);
+    case DType::Float32: return launch<CudaReluF32>(x, y, counts, outer, channels, inner, clear, stream);
+    case DType::Float64: return launch<CudaReluF64>(x, y, counts, outer, channels, inner, clear, stream);
+    case DType::Float16: return launch<CudaReluF16>(x, y, counts, outer, channels, inner, clear, stream);
+    case DType::BFloat16: return launch<CudaReluBF16>(x, y, counts, outer, channels, inner, clear, stream);
   }
   return static_cast<int>(cudaErrorInvalidValue);
 }

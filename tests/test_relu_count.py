@@ -1,5 +1,6 @@
 """pozfast.relu_count against the plain-torch reference, on every available backend."""
 
+import os
 import shutil
 
 import numpy as np
@@ -301,6 +302,45 @@ def test_backends_report():
     assert list(status) == ["cpu-native", "cuda-native", "triton", "torch"]
     assert status["torch"].available
     assert all(s.reason for s in status.values())
+
+
+def test_the_cuda_sign_rule_is_probed_from_torch():
+    from pozfast.ops.relu_count import cuda_relu_clears
+
+    # The probe asks torch's relu on the device; the CPU's keeps -0.0, as some torch versions' CUDA relu does.
+    assert not any(cuda_relu_clears(torch.device("cpu"), dtype) for dtype in DTYPES)
+    if torch.cuda.is_available():
+        clears = cuda_relu_clears(torch.device("cuda", 0), torch.float32)
+        assert clears == (bits(torch.relu(torch.tensor([-0.0], device="cuda")))[0].item() == 0)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or not pozfast.backends()["triton"].available,
+                    reason="needs Triton interpreted on CPU tensors (TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("clear", [False, True], ids=["keep", "clear"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", [((3, 7, 130), 1, "contiguous"), ((4, 30, 2, 3), 1, "channels_last")], ids=id_case)
+def test_triton_kernels_give_either_sign_rule_of_torch_cuda_relu(clear, dtype, case):
+    # torch's CUDA relu makes -0.0 +0.0 in some versions and keeps it in others; the kernels take the rule as
+    # CLEAR, run here on CPU tensors by the interpreter.
+    from pozfast.ops.near_zero import threshold_keys
+    from pozfast.triton_kernels.near_zero import near_zero_count
+    from pozfast.triton_kernels.relu_count import relu_count
+
+    shape, cd, layout = case
+    x = make(shape, dtype, layout, seed=3)
+    want = torch.relu(x)
+    if clear:
+        want = torch.where(want == 0, torch.zeros((), dtype=dtype), want)  # +0.0 for -0.0
+    want_zeros = (want == 0).sum([d for d in range(x.dim()) if d != cd], dtype=torch.int64)
+    split = memory_split(x, cd)
+    y, zeros = torch.empty_like(x), torch.zeros(shape[cd], dtype=torch.int64)
+    relu_count(x, y, zeros, *split, clear=clear)
+    assert_bitwise_equal(y, want)
+    assert torch.equal(zeros, want_zeros)
+    y, counts = torch.empty_like(x), torch.zeros(1, shape[cd], dtype=torch.int64)
+    near_zero_count(x, y, counts, threshold_keys((0.0,), dtype), *split, None, 1, clear=clear)
+    assert_bitwise_equal(y, want)
+    assert torch.equal(counts[0], want_zeros)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not on PATH: the build has no CUDA sources to check")

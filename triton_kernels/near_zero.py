@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pozfast.triton_kernels.relu_count import torch_relu
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 ROW_MODE_MIN_INNER = 64
 # Programs of the row kernel (each loops over further chunks) and row steps of the short-row kernel: small
@@ -44,17 +46,11 @@ def _magnitude_key(v, KEY_BITS: tl.constexpr):
         return v.to(tl.int64, bitcast=True) & 0x7FFFFFFFFFFFFFFF
 
 
-@triton.jit
-def _relu(x, UPCAST: tl.constexpr):
-    """torch.relu's rule, x < 0 ? 0 : x (NaN and -0.0 pass through); 16-bit types compared in float32."""
-    negative = (x.to(tl.float32) < 0) if UPCAST else (x < 0)
-    return tl.where(negative, tl.zeros_like(x), x)
-
-
 @triton.jit(do_not_specialize=["rows"])
 def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, channels, repeat,
                  size_bucket, T: tl.constexpr, T_PAD: tl.constexpr, KEY_BITS: tl.constexpr,
-                 HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, BLOCK: tl.constexpr):
+                 HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, CLEAR: tl.constexpr,
+                 BLOCK: tl.constexpr):
     t_idx = tl.arange(0, T_PAD)
     t_ok = t_idx < T
     taus = tl.load(keys_ptr + t_idx, mask=t_ok, other=-1)  # -1: padding that nothing reaches
@@ -69,7 +65,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, chan
         if HAS_MASK:
             keep = keep & (tl.load(mask_ptr + (row // channels // repeat + tl.zeros_like(offs))) != 0)
         if RELU:
-            y = _relu(tl.load(x_ptr + ptr, mask=valid, other=0.0), UPCAST)
+            y, _ = torch_relu(tl.load(x_ptr + ptr, mask=valid, other=0.0), UPCAST, CLEAR)
             tl.store(y_ptr + ptr, y, mask=valid)
         else:
             y = tl.load(x_ptr + ptr, mask=keep, other=0.0)  # dropped rows are not read
@@ -80,8 +76,8 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, rows, inner, chan
 @triton.jit
 def _positions_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, outer, positions, inner, channels, repeat,
                       size_bucket, T: tl.constexpr, T_PAD: tl.constexpr, KEY_BITS: tl.constexpr,
-                      HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr,
-                      BLOCK_P: tl.constexpr):
+                      HAS_MASK: tl.constexpr, RELU: tl.constexpr, UPCAST: tl.constexpr, CLEAR: tl.constexpr,
+                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
     t_idx = tl.arange(0, T_PAD)
     t_ok = t_idx < T
     taus = tl.load(keys_ptr + t_idx, mask=t_ok, other=-1)
@@ -100,7 +96,7 @@ def _positions_kernel(x_ptr, y_ptr, counts_ptr, keys_ptr, mask_ptr, outer, posit
         ptr = rows.to(tl.int64)[:, None] * positions + cols[None, :]
         if RELU:
             io = row_ok[:, None] & col_ok[None, :]
-            y = _relu(tl.load(x_ptr + ptr, mask=io, other=0.0), UPCAST)
+            y, _ = torch_relu(tl.load(x_ptr + ptr, mask=io, other=0.0), UPCAST, CLEAR)
             tl.store(y_ptr + ptr, y, mask=io)
         else:
             y = tl.load(x_ptr + ptr, mask=keep[:, None] & col_ok[None, :], other=0.0)
@@ -144,13 +140,15 @@ def _programs(device: torch.device) -> int:
 
 
 def near_zero_count(x: torch.Tensor, y: torch.Tensor | None, counts: torch.Tensor, keys: Sequence[int], outer: int,
-                    channels: int, inner: int, mask: torch.Tensor | None, repeat: int) -> None:
+                    channels: int, inner: int, mask: torch.Tensor | None, repeat: int, clear: bool = False) -> None:
     """Add to ``counts`` (int64 [len(keys), channels], contiguous) the counts of x, or with y, write relu(x)
     into y (x's layout; may be x) and add y's counts. ``keys``: thresholds as bit patterns; ``mask``: one
-    byte per ``repeat`` outer rows, or None. Runs on torch's current stream of x's device."""
+    byte per ``repeat`` outer rows, or None; ``clear``: the ReLU makes -0.0 +0.0 (see torch_relu). Runs on torch's
+    current stream of x's device."""
     key_bits = 8 * x.element_size()
     meta = dict(T=len(keys), T_PAD=triton.next_power_of_2(len(keys)), KEY_BITS=key_bits,
-                HAS_MASK=mask is not None, RELU=y is not None, UPCAST=x.dtype in (torch.float16, torch.bfloat16))
+                HAS_MASK=mask is not None, RELU=y is not None, UPCAST=x.dtype in (torch.float16, torch.bfloat16),
+                CLEAR=clear)
     key_tensor = _keys_tensor(tuple(keys), max(32, key_bits), x.device)
     mask_arg = mask if mask is not None else key_tensor  # never read without HAS_MASK
     y_arg = y if y is not None else x  # never written without RELU

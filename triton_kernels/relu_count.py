@@ -4,7 +4,7 @@ Two kernels, as in the CPU and CUDA sources: long rows (inner >= 64; one channel
 per program) and short rows (channel-last and the like: a block of positions walking the rows, counting in
 registers, one atomic per position per program, i.e. per channel when inner == 1). float16/bfloat16 are compared
 in float32 (exact for every non-NaN value); float32/float64 natively. y is torch.relu of the tensor's device bit
-for bit: on CUDA the sign of a zero follows torch's CUDA max, on CPU (interpreted) -0.0 passes through.
+for bit, the sign of a zero included (see torch_relu).
 """
 
 from __future__ import annotations
@@ -21,22 +21,21 @@ ROW_MODE_MIN_INNER = 64
 
 
 @triton.jit
-def device_relu(x, UPCAST: tl.constexpr, ON_GPU: tl.constexpr):
-    """torch.relu as the tensor's device computes it. On CUDA torch runs clamp_min: NaN as it is, else max(x, 0)
-    (in float32 for 16-bit types); the same max instruction here gives the sign of a zero that torch gives.
-    Interpreted on CPU tensors: the CPU's ``x < 0 ? 0 : x`` (-0.0 passes through). Compared in float32 for
-    16-bit types (exact for every non-NaN value)."""
+def torch_relu(x, UPCAST: tl.constexpr, CLEAR: tl.constexpr):
+    """torch.relu bit for bit, and where its result is zero: NaN as it is, negatives to +0.0, -0.0 kept, or
+    made +0.0 with CLEAR (torch's CUDA relu in some versions; pozfast.ops.relu_count.cuda_relu_clears).
+    Compared in float32 for 16-bit types (exact for every non-NaN value); y is x or +0.0, bits included."""
     xf = x.to(tl.float32) if UPCAST else x
-    if ON_GPU:
-        yf = tl.where(xf != xf, xf, tl.maximum(xf, 0.0))
+    if CLEAR:
+        to_zero = xf <= 0
     else:
-        yf = tl.where(xf < 0, 0.0, xf)
-    return yf.to(x.dtype), yf == 0
+        to_zero = xf < 0
+    return tl.where(to_zero, tl.zeros_like(x), x), to_zero | (xf == 0)
 
 
 @triton.jit
 def _rows_kernel(x_ptr, y_ptr, counts_ptr, inner, channels, size_key, BLOCK: tl.constexpr, UPCAST: tl.constexpr,
-                 ON_GPU: tl.constexpr):
+                 CLEAR: tl.constexpr):
     """One row (one channel) per program on axis 0; its chunks split over axis 1, each program looping
     over every num_programs(1)-th chunk, so the grid stays within the hardware limit for any row length."""
     row = tl.program_id(0)
@@ -46,7 +45,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, inner, channels, size_key, BLOCK: tl.
         offs = start + tl.arange(0, BLOCK)
         mask = offs < inner
         x = tl.load(x_ptr + base + offs, mask=mask, other=1.0)
-        y, zero = device_relu(x, UPCAST, ON_GPU)
+        y, zero = torch_relu(x, UPCAST, CLEAR)
         tl.store(y_ptr + base + offs, y, mask=mask)
         zeros += (zero & mask).to(tl.int32)
     tl.atomic_add(counts_ptr + row % channels, tl.sum(zeros.to(tl.int64), axis=0))
@@ -55,7 +54,7 @@ def _rows_kernel(x_ptr, y_ptr, counts_ptr, inner, channels, size_key, BLOCK: tl.
 @triton.jit
 def _positions_kernel(x_ptr, y_ptr, counts_ptr, outer, positions, inner, size_key,
                       BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, UPCAST: tl.constexpr,
-                      ON_GPU: tl.constexpr):
+                      CLEAR: tl.constexpr):
     """A block of positions per program on axis 0 (position p is channel p // inner), walking the rows
     over axis 1 and counting in registers: one atomic per position per program."""
     cols = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -66,7 +65,7 @@ def _positions_kernel(x_ptr, y_ptr, counts_ptr, outer, positions, inner, size_ke
         mask = (rows < outer)[:, None] & col_ok[None, :]
         ptr = rows.to(tl.int64)[:, None] * positions + cols[None, :]
         x = tl.load(x_ptr + ptr, mask=mask, other=1.0)
-        y, zero = device_relu(x, UPCAST, ON_GPU)
+        y, zero = torch_relu(x, UPCAST, CLEAR)
         tl.store(y_ptr + ptr, y, mask=mask)
         zeros += tl.sum((zero & mask).to(tl.int32), axis=0)
     tl.atomic_add(counts_ptr + cols // inner, zeros.to(tl.int64), mask=col_ok & (zeros > 0))
@@ -97,9 +96,11 @@ def size_bucket(*sizes: int) -> int:
     return key
 
 
-def relu_count(x: torch.Tensor, y: torch.Tensor, zeros: torch.Tensor, outer: int, channels: int, inner: int) -> None:
+def relu_count(x: torch.Tensor, y: torch.Tensor, zeros: torch.Tensor, outer: int, channels: int, inner: int,
+               clear: bool) -> None:
     """relu(x) into y (same dense layout; may be x), zero counts added into ``zeros`` (int64 [channels],
-    zero-initialised by the caller). Runs on x's device and torch's current stream there."""
+    zero-initialised by the caller); ``clear``: relu(-0.0) is +0.0 (see torch_relu). Runs on x's device and
+    torch's current stream there."""
     upcast = x.dtype in (torch.float16, torch.bfloat16)
     if inner >= ROW_MODE_MIN_INNER:
         meta = _INTERPRET_META["rows"] if INTERPRET else {}
@@ -114,4 +115,4 @@ def relu_count(x: torch.Tensor, y: torch.Tensor, zeros: torch.Tensor, outer: int
                               MAX_GRID_AXIS))
         launch, args = _positions, (x, y, zeros, outer, positions, inner, size_bucket(positions, outer))
     with torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext():
-        launch[grid](*args, UPCAST=upcast, ON_GPU=x.is_cuda, **meta)
+        launch[grid](*args, UPCAST=upcast, CLEAR=clear, **meta)

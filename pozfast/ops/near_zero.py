@@ -28,7 +28,7 @@ from torch import Tensor
 
 from pozfast._native import native
 from pozfast.backends import forced_backend, select
-from pozfast.ops.relu_count import channel_axis, eager_plain, memory_split
+from pozfast.ops.relu_count import channel_axis, cuda_relu_clears, eager_plain, memory_split
 
 MAX_THRESHOLDS = 32
 
@@ -178,14 +178,16 @@ def _run(counts: Tensor, x: Tensor, y: Optional[Tensor], layout: tuple[tuple[int
         from pozfast.triton_kernels.near_zero import near_zero_count as triton_near_zero_count
 
         keys = threshold_keys(tuple(thresholds), x.dtype)
-        triton_near_zero_count(x, y, target, keys, outer, channels, inner, rows, repeat)
+        triton_near_zero_count(x, y, target, keys, outer, channels, inner, rows, repeat,
+                               clear=y is not None and x.is_cuda and cuda_relu_clears(device, x.dtype))
     else:
         keys = list(threshold_keys(tuple(thresholds), x.dtype))
         args = (x.data_ptr(), 0 if y is None else y.data_ptr(), target.data_ptr(), outer, channels, inner,
                 0 if rows is None else rows.data_ptr(), repeat, keys, _DTYPE_CODES[x.dtype])
         if backend == "cuda-native":
             with torch.cuda.device(device):
-                native().near_zero_count_cuda(*args, torch.cuda.current_stream(device).cuda_stream)
+                clear = y is not None and cuda_relu_clears(device, x.dtype)
+                native().near_zero_count_cuda(*args, clear, torch.cuda.current_stream(device).cuda_stream)
         else:
             # The thread count follows torch.set_num_threads (DataLoader workers and CPU DDP ranks lower it).
             native().near_zero_count_cpu(*args, torch.get_num_threads())

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from torch.utils._python_dispatch import _get_current_dispatch_mode
+from torch.utils._python_dispatch import _disable_current_modes, _get_current_dispatch_mode
 
 from pozfast._native import native
 from pozfast.backends import select
@@ -73,6 +73,26 @@ def memory_split(x: Tensor, axis: int) -> tuple[int, int, int] | None:
     return numel // (channels * inner), channels, inner
 
 
+_CLEARS: dict[torch.device, dict[torch.dtype, bool]] = {}
+
+
+def cuda_relu_clears(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether torch.relu on this CUDA device makes -0.0 into +0.0 (clamp_min as a float max, as some torch
+    versions compute it) rather than keeping it (a compare, as on the CPU). The CUDA and Triton kernels take
+    the answer, so that y has torch.relu's bits either way. Probed with torch itself on the device's first
+    call, for every dtype at once, so that later calls in a CUDA graph capture find it known."""
+    known = _CLEARS.get(device)
+    if known is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"pozfast's first CUDA ReLU on {device} asks torch how its relu treats -0.0, which "
+                               "cannot run while a CUDA graph is being captured: call it once before capturing")
+        with torch._C.DisableTorchFunction(), _disable_current_modes():  # torch's own relu, not a mode's
+            probe = torch.tensor([-0.0], device=device)
+            known = _CLEARS[device] = {t: not bool(torch.signbit(torch.relu(probe.to(t))).item())
+                                       for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+    return known[dtype]
+
+
 def count_zeros_reference(y: Tensor, axis: int) -> Tensor:
     """Per-channel number of zeros of ``y`` (int64), in plain torch."""
     return (y == 0).sum(dim=[d for d in range(y.dim()) if d != axis], dtype=torch.int64)
@@ -93,13 +113,14 @@ def _into(x: Tensor, y: Tensor, axis: int, split: tuple[int, int, int], native_o
         from pozfast.triton_kernels.relu_count import relu_count as triton_relu_count
 
         zeros = torch.zeros(split[1], dtype=torch.int64, device=device)
-        triton_relu_count(x, y, zeros, *split)
+        triton_relu_count(x, y, zeros, *split, clear=x.is_cuda and cuda_relu_clears(device, x.dtype))
         return zeros
     zeros = torch.empty(split[1], dtype=torch.int64, device=device)
     args = (x.data_ptr(), y.data_ptr(), zeros.data_ptr(), *split, _DTYPE_CODES[x.dtype])
     if backend == "cuda-native":
         with torch.cuda.device(device):
-            native().relu_count_cuda(*args, torch.cuda.current_stream(device).cuda_stream)
+            native().relu_count_cuda(*args, cuda_relu_clears(device, x.dtype),
+                                     torch.cuda.current_stream(device).cuda_stream)
     else:
         # The thread count follows torch.set_num_threads (DataLoader workers and CPU DDP ranks lower it).
         native().relu_count_cpu(*args, torch.get_num_threads())
@@ -257,8 +278,8 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
     Returns:
         ``(y, zeros)``: y equals ``torch.relu(x)`` on x's device bit for bit (NaN passes through with its
         payload, which torch's own 16-bit paths may rewrite depending on layout; -0.0 passes through on CPU,
-        and on CUDA comes out with the sign torch's CUDA max gives it); zeros is an
-        int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
+        and on CUDA keeps or loses its sign as the installed torch's CUDA relu does, which some versions
+        compute as a float max: see :func:`cuda_relu_clears`); zeros is an int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
         (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
     """
     channel_dim = channel_axis(x, channel_dim)  # clear errors before any dispatch; a plain int for the op schema
