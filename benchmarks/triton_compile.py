@@ -107,12 +107,16 @@ def _rdm_specs(dtype: str):
 def specs(every_config: bool = False):
     """(kernel name, JIT function, signature, constexprs, num_warps, num_stages, dtype) of the production builds:
     relu_count's and the tracker's near_zero autotune configs in float32 (in every dtype with ``every_config``,
-    else one per kernel)."""
+    else one per kernel), with the ReLU that makes -0.0 +0.0, and the first config also with the one that keeps
+    it (whichever torch's CUDA relu does)."""
     for dtype in ("float32", "bfloat16", "float16", "float64"):
         seen = set()
         for spec in (*_relu_count_specs(dtype), *_near_zero_specs(dtype)):
-            if every_config or dtype == "float32" or spec[0] not in seen:
-                seen.add(spec[0])
+            name, fn, sig, consts, warps, stages = spec
+            if name not in seen:  # its first config also with the other sign rule of torch's CUDA relu
+                yield f"{name}, -0.0 kept", fn, sig, {**consts, "CLEAR": False}, warps, stages, dtype
+            if every_config or dtype == "float32" or name not in seen:
+                seen.add(name)
                 yield (*spec, dtype)
     for dtype in ("float32", "float64"):
         for spec in _rdm_specs(dtype):

@@ -100,7 +100,11 @@ def device(value: Any, name: str = "device") -> torch.device:
     if not available or (dev.index is not None and count is not None and dev.index >= count()):
         raise ValueError(f"{name} {str(dev)!r} is not available on this machine "
                          f"({count() if available and count else 0} {dev.type} devices)")
-    return torch.empty(0, device=dev).device
+    if dev.type == "cpu":
+        return torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return dev
 
 
 def folder_path(value: str | os.PathLike, name: str) -> Path:

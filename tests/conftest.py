@@ -17,6 +17,7 @@ def pytest_report_header(config):
     if torch.cuda.is_available():  # the GPU tests' float32 tolerances assume IEEE float32 GEMMs
         matmul = torch.backends.cuda.matmul
         mode = getattr(matmul, "fp32_precision", None) or ("tf32" if matmul.allow_tf32 else "ieee")
+        mode = "ieee (not set: torch's default)" if mode == "none" else mode
         override = os.environ.get("TORCH_ALLOW_TF32_CUBLAS_OVERRIDE") == "1"
         return f"cuBLAS float32 matmul: {mode}{' (TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=1: TF32)' if override else ''}"
     return None

@@ -124,8 +124,9 @@ def test_triton_kernels_compile_for_sm80_and_sm90_without_a_gpu():
     assert res.returncode == 0, res.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| ") and "sm_" in line]
     kernels = {r[0].strip() for r in rows}
-    assert {"relu_count rows", "relu_count positions", "rdm condensed", "rdm similarity features",
-            "rdm similarity given RDM", "insertion curve own RDM", "insertion curve given RDM"} <= kernels
+    assert {"relu_count rows", "relu_count positions", "near_zero rows (tracker)", "near_zero positions (tracker)",
+            "rdm condensed", "rdm similarity features", "rdm similarity given RDM", "insertion curve own RDM",
+            "insertion curve given RDM"} <= kernels
     assert {r[2].strip() for r in rows} == {"sm_80", "sm_90"}
     assert all(0 < int(r[3]) <= 255 for r in rows)  # registers per thread
     assert any("float64" in r[1] and r[0].strip() == "rdm condensed" for r in rows)  # float64 dots build

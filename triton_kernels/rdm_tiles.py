@@ -75,7 +75,7 @@ def _add_moments(out_ptr, ok, x, y):
     tl.atomic_add(out_ptr + 5, tl.sum(tl.sum(x * y, axis=1), axis=0))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["row_lo", "row_hi", "base"])  # one build for every block row
 def _condensed_kernel(x_ptr, stride, mean_ptr, inv_ptr, bad_ptr, out_ptr, tiles_ptr, n, d, row_lo, row_hi, base,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ACC: tl.constexpr):
     """The tile's pairs (i, j), j > i, of rows row_lo <= i < row_hi, stored at their condensed index - base."""
@@ -145,6 +145,11 @@ def upper_tiles(n: int, block_m: int, block_n: int, device, rank: int = 0, world
 def _on(x: torch.Tensor):
     """Launches on x's device (Triton launches on the current one)."""
     return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def condensed_rows_multiple(x: torch.Tensor) -> int:
+    """The rows of one program of the condensed RDM kernel: block rows of this many rows compute no tile twice."""
+    return _meta(x, "condensed")["BLOCK_M"]
 
 
 def condensed_rdm(x: torch.Tensor, mean: torch.Tensor, inv: torch.Tensor, bad: torch.Tensor, out: torch.Tensor,

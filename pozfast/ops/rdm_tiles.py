@@ -216,13 +216,15 @@ def _triton_condensed(X: Tensor, result: Tensor, stats: RowStats, dtype, block: 
                       progress: bool) -> None:
     """fill_rdm's condensed RDM of Gram tiles with Triton: one fused kernel (GEMM tiles and packing) for the
     whole RDM, or, staged, per block row into a device buffer that is then copied out."""
-    from pozfast.triton_kernels.rdm_tiles import condensed_rdm
+    from pozfast.triton_kernels.rdm_tiles import condensed_rdm, condensed_rows_multiple
 
     operands = triton_operands(X, stats, dtype, device)
     if not staged:
         condensed_rdm(*operands, result)
         return
     n = X.shape[0]
+    multiple = condensed_rows_multiple(operands[0])
+    block = -(-block // multiple) * multiple  # whole tile rows: none computed twice
     with progress_bar(len(tiles(n, block)), progress, "RDM") as bar:
         for i0 in range(0, n, block):
             i1 = min(i0 + block, n)

@@ -8,6 +8,7 @@ csrc/relu_count_cuda.cu) on CPU and CUDA tensors when the native backend is sele
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -83,14 +84,27 @@ def cuda_relu_clears(device: torch.device, dtype: torch.dtype) -> bool:
     call, for every dtype at once, so that later calls in a CUDA graph capture find it known."""
     known = _CLEARS.get(device)
     if known is None:
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"pozfast's first CUDA ReLU on {device} asks torch how its relu treats -0.0, which "
-                               "cannot run while a CUDA graph is being captured: call it once before capturing")
-        with torch._C.DisableTorchFunction(), _disable_current_modes():  # torch's own relu, not a mode's
-            probe = torch.tensor([-0.0], device=device)
-            known = _CLEARS[device] = {t: not bool(torch.signbit(torch.relu(probe.to(t))).item())
-                                       for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
+        known = _CLEARS[device] = _probe_relu_clears(device)
     return known[dtype]
+
+
+def _probe_relu_clears(device: torch.device) -> dict[torch.dtype, bool]:
+    on_cuda = device.type == "cuda"
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch._C.DisableTorchFunction())  # torch's own relu, not a mode's
+        stack.enter_context(_disable_current_modes())
+        if on_cuda:
+            stack.enter_context(torch.cuda.device(device))
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"pozfast's first CUDA ReLU on {device} asks torch how its relu treats -0.0, "
+                                   "which cannot run while a CUDA graph is being captured: call it once before")
+            # The probe reads its answer on the host once: not the per-call synchronisation that mode reports.
+            debug = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode(0)
+            stack.callback(torch.cuda.set_sync_debug_mode, debug)
+        probe = torch.tensor([-0.0], device=device)
+        return {t: not bool(torch.signbit(torch.relu(probe.to(t))).item())
+                for t in (torch.float32, torch.float64, torch.float16, torch.bfloat16)}
 
 
 def count_zeros_reference(y: Tensor, axis: int) -> Tensor:
@@ -279,8 +293,9 @@ def relu_count(x: Tensor, channel_dim: int = 1, inplace: bool = False, *,
         ``(y, zeros)``: y equals ``torch.relu(x)`` on x's device bit for bit (NaN passes through with its
         payload, which torch's own 16-bit paths may rewrite depending on layout; -0.0 passes through on CPU,
         and on CUDA keeps or loses its sign as the installed torch's CUDA relu does, which some versions
-        compute as a float max: see :func:`cuda_relu_clears`); zeros is an int64 tensor ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero
-        (-0.0 counts, NaN does not). Gradients flow through y as through ``torch.relu``; zeros has none.
+        compute as a float max: see :func:`cuda_relu_clears`); zeros is an int64 tensor
+        ``[x.shape[channel_dim]]`` on x's device counting the elements of y equal to zero (-0.0 counts, NaN
+        does not). Gradients flow through y as through ``torch.relu``; zeros has none.
     """
     channel_dim = channel_axis(x, channel_dim)  # clear errors before any dispatch; a plain int for the op schema
     if inplace and out is not None:
