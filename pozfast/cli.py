@@ -84,7 +84,7 @@ def cmd_apoz(args: argparse.Namespace) -> int:
         model, data = digits.default_model(), digits.default_data()
     else:
         model, data = call_spec(args.model, "model"), call_spec(args.data, "data")
-    report = pozfast.apoz(model, data, device=args.device, layers=args.layers, max_batches=args.max_batches,
+    report = pozfast.apoz(_placed(model, args.device), data, device=args.device, layers=args.layers, max_batches=args.max_batches,
                           progress=not args.no_progress, checkpoint=args.checkpoint, thresholds=args.thresholds,
                           activations=args.activations, token_mask=None if args.token_mask == "none" else "auto")
     report.save(out / "apoz.json")
@@ -293,15 +293,28 @@ def _count_or_fraction(text: str) -> int | float:
         return float(text)
 
 
-def _join_torchrun(device: str | None) -> None:
-    """Under torchrun (WORLD_SIZE > 1 in the environment), start the process group: NCCL on GPUs, else gloo."""
+def _join_torchrun(device: str | None) -> str | None:
+    """Under torchrun (WORLD_SIZE > 1 in the environment), start the process group: NCCL when this machine has
+    a GPU for each of its ranks (each rank on the GPU of its LOCAL_RANK), else gloo. Returns the device to run
+    on: ``device``, or that GPU under NCCL."""
     import torch
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        cuda = torch.cuda.is_available() and (device is None or device.startswith("cuda"))
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        cuda = gpus >= int(os.environ.get("LOCAL_WORLD_SIZE", "1")) and (device is None or device.startswith("cuda"))
         if cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}" if device in (None, "cuda") else device
         torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return device
+
+
+def _placed(model: Any, device: str | None) -> Any:
+    """The model from --model on --device (the function builds it where it likes, usually the CPU)."""
+    from pozfast.validate import device as checked_device
+
+    return model.to(checked_device(device)) if device is not None and hasattr(model, "to") else model
 
 
 def cmd_trim(args: argparse.Namespace) -> int:
@@ -313,11 +326,11 @@ def cmd_trim(args: argparse.Namespace) -> int:
     ckpt = output_folder(args.out)
     if (ckpt / "state.pt").exists() and not args.resume:
         raise CLIError(f"{ckpt} holds an earlier run; pass --resume to continue it or choose another --out")
-    _join_torchrun(args.device)
-    model = call_spec(args.model, "model")
+    device = _join_torchrun(args.device)
+    model = _placed(call_spec(args.model, "model"), device)
     train, val = call_spec(args.train_data, "training data"), call_spec(args.val_data, "validation data")
     result = prune.trim(model, train, val, layers=args.layers, rule=rule, rounds=args.rounds,
-                        fine_tune_epochs=args.epochs, checkpoint_dir=ckpt, device=args.device,
+                        fine_tune_epochs=args.epochs, checkpoint_dir=ckpt, device=device,
                         optimizer_factory=lambda params: torch.optim.SGD(params, lr=args.lr, momentum=0.9),
                         progress=not args.no_progress, seed=args.seed, remove_dead=args.remove_dead)
     if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
@@ -357,7 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="MODULE:FUNCTION",
                    help="function returning an iterable of batches (tensors, (inputs, targets) or dicts)")
     p.add_argument("--out", default="pozfast-apoz", metavar="DIR", help="output folder (default: %(default)s)")
-    p.add_argument("--device", help="device for the inputs (default: the model's)")
+    p.add_argument("--device", help="device the model and its inputs go to (default: where the model is)")
     p.add_argument("--layers", nargs="+", metavar="KEY", help="report only these layer keys or module names")
     p.add_argument("--max-batches", type=int, metavar="N", help="stop after N batches")
     p.add_argument("--checkpoint", metavar="FILE", help="save counts here while running; resume from it if it exists")
@@ -455,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round")
     t.add_argument("--lr", type=float, default=0.01, help="SGD learning rate for fine-tuning (momentum 0.9)")
-    t.add_argument("--device")
+    t.add_argument("--device", help="device the model and its inputs go to (default: where the model is; under "
+                                    "torchrun with GPUs, each rank's GPU)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="pozfast-trim", metavar="DIR", help="output and checkpoint folder")
     t.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")

@@ -33,6 +33,14 @@ _FOLD_TOL = 1e-9
 _EXACT_OUTPUT_TOL = 1e-5
 
 
+def _tf32_hint(outputs: list[Tensor]) -> str:
+    """Why float32 outputs on a GPU may move by more than rounding: TF32 convolutions or matmuls."""
+    if not any(o.is_cuda and o.dtype == torch.float32 for o in outputs):
+        return ""
+    return (". On a GPU, float32 convolutions run in TF32 by default (torch.backends.cudnn.allow_tf32), with "
+            "about 1e-3 relative error: switch TF32 off for the check, or pass exact=False")
+
+
 @dataclasses.dataclass
 class DeadRemoval:
     """What :func:`remove_dead` did.
@@ -225,6 +233,6 @@ def remove_dead(model: nn.Module, report: APoZReport, example_inputs: Any, layer
         max_rel = max_abs / scale if scale else 0.0
         if exact and max_rel > _EXACT_OUTPUT_TOL:
             raise ValueError(f"removing the dead channels changed the outputs on example_inputs by {max_abs:.3g} "
-                             f"(relative {max_rel:.3g}); the model is left as it was")
+                             f"(relative {max_rel:.3g}); the model is left as it was{_tf32_hint(before)}")
     return DeadRemoval(plan, params_before, count_params(model), {names_of[m]: len(consumers[m]) for m in folds},
                        approximated, max_abs, max_rel)

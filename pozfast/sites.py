@@ -20,9 +20,18 @@ def union_names(*groups: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def new_counters(thresholds: int, channels: int, device: torch.device | str) -> tuple[Tensor, Tensor]:
-    """Zeroed ``(counts [T, C], seen [3])`` int64 counters on ``device``."""
-    return (torch.zeros((thresholds, channels), dtype=torch.int64, device=device),
-            torch.zeros(3, dtype=torch.int64, device=device))
+    """Zeroed ``(counts [T, C], seen [3])`` int64 counters on ``device``; counters are never inference tensors
+    (see :func:`counter`)."""
+    with torch.inference_mode(False):
+        return (torch.zeros((thresholds, channels), dtype=torch.int64, device=device),
+                torch.zeros(3, dtype=torch.int64, device=device))
+
+
+def counter(t: Tensor, device: torch.device | str) -> Tensor:
+    """An int64 copy of ``t`` on ``device`` to count into. Made outside inference mode: a tracker that first
+    runs under ``torch.inference_mode()`` keeps counting in later forwards outside it."""
+    with torch.inference_mode(False):
+        return t.to(device, torch.int64, copy=True)
 
 
 @dataclasses.dataclass(eq=False)
@@ -52,7 +61,8 @@ class Site:
 
     def __post_init__(self):
         if self.pending is None:
-            self.pending, self.p_seen = torch.zeros_like(self.counts), torch.zeros_like(self.seen)
+            with torch.inference_mode(False):
+                self.pending, self.p_seen = torch.zeros_like(self.counts), torch.zeros_like(self.seen)
 
     def seen_all(self) -> Tensor:
         """The committed ``seen`` with its host part, on the CPU."""

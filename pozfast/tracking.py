@@ -73,8 +73,8 @@ from pozfast import activation_kinds, distributed, token_masks
 from pozfast.modules import bypass_compiled, fingerprint, is_compiled, model_device, module_names, unwrap
 from pozfast.ops.near_zero import check_thresholds, near_zero_count_, tracked_relu
 from pozfast.report import APoZReport, LayerAPoZ
-from pozfast.sites import (EXAMPLES, TOKENS, TOTAL, Site, all_reduce_sites, dim_keys, new_counters, select_sites,
-                           site_keys, union_names)
+from pozfast.sites import (EXAMPLES, TOKENS, TOTAL, Site, all_reduce_sites, counter, dim_keys, new_counters,
+                           select_sites, site_keys, union_names)
 from pozfast.validate import instance, integer, names
 
 _CONV = nn.modules.conv._ConvNd
@@ -237,7 +237,7 @@ class APoZTracker:
         self._mask: Tensor | None = None
         self._forward_mask: Tensor | None = None
         self._mask_applied = False
-        self._forwards = torch.zeros((), dtype=torch.int64, device=model_device(model))
+        self._forwards = counter(torch.zeros((), dtype=torch.int64), model_device(model))
 
     # --- activation --------------------------------------------------------------------------------
     def __enter__(self) -> APoZTracker:
@@ -257,17 +257,19 @@ class APoZTracker:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._abort()
-        mode = _active.mode
-        mode.trackers.remove(self)
-        if not mode.trackers:
-            mode.__exit__(*exc)
-            _active.mode = None
-        self._compiled_back()
-        for handles in self._handles.values():
-            for h in handles:
-                h.remove()
-        self._handles.clear()
+        try:
+            self._abort()
+        finally:  # the mode and the hooks go even when dropping an unfinished forward fails
+            mode = _active.mode
+            mode.trackers.remove(self)
+            if not mode.trackers:
+                mode.__exit__(*exc)
+                _active.mode = None
+            self._compiled_back()
+            for handles in self._handles.values():
+                for h in handles:
+                    h.remove()
+            self._handles.clear()
 
     def _compiled_back(self) -> None:
         if self._restore_compiled is not None:
@@ -457,7 +459,7 @@ class APoZTracker:
             site.producers = union_names(site.producers, producers)
         if site.counts.device != x.device:  # the model moved: its counts go with it
             site.counts, site.seen, site.pending, site.p_seen = (
-                t.to(x.device) for t in (site.counts, site.seen, site.pending, site.p_seen))
+                counter(t, x.device) for t in (site.counts, site.seen, site.pending, site.p_seen))
         self._touched.append(site)
         mask = None
         if self._forward_mask is not None:
@@ -561,7 +563,7 @@ class APoZTracker:
         return {"version": STATE_VERSION, "model": fingerprint(self.model), "batches": self.batches,
                 "thresholds": list(self.thresholds),
                 "sites": [dict(module=s.module, call=s.call, channel_dim=s.channel_dim, kind=s.kind,
-                               counts=s.counts.cpu(), seen=s.seen_all(), masked=s.masked,
+                               counts=s.counts.to("cpu", copy=True), seen=s.seen_all(), masked=s.masked,
                                producers=list(s.producers))
                           for s in self._sites.values()]}
 
@@ -590,7 +592,7 @@ class APoZTracker:
                     counts, seen = s["counts"], s["seen"]
                 sites[(s["module"], s["call"])] = Site(
                     s["module"], s["call"], s["channel_dim"], s.get("kind", "relu"),
-                    counts.to(device, torch.int64), seen.to(device, torch.int64), tuple(s["producers"]),
+                    counter(counts, device), counter(seen, device), tuple(s["producers"]),
                     bool(s.get("masked", False)), committed=True)
             batches = integer(state["batches"], "batches", minimum=0)
         except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:

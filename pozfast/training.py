@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pozfast.batches import IGNORE_INDEX, Inputs, batch_targets, call_model, default_loss, output_logits
+from pozfast.batches import IGNORE_INDEX, Inputs, batch_targets, call_model, default_loss, output_logits, to_device
 from pozfast.distributed import all_reduce_sum
 from pozfast.modules import kept_modes, run_device
 from pozfast.validate import batch_iterable, instance, integer, optional_function
@@ -72,8 +72,9 @@ def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.op
     A DataLoader's sampler with ``set_epoch`` (``DistributedSampler``) is told each epoch's number,
     counted from ``first_epoch``, so that every epoch draws a new order that all ranks share.
 
-    ``loss_fn(output, batch)``; default: the output's ``.loss`` (Hugging Face models given labels), else
-    cross-entropy of the logits against the batch's targets (:func:`pozfast.batches.default_loss`).
+    ``loss_fn(output, batch)``, the batch's tensors on ``device``; default: the output's ``.loss`` (Hugging
+    Face models given labels), else cross-entropy of the logits against the batch's targets
+    (:func:`pozfast.batches.default_loss`).
     """
     from tqdm.auto import tqdm
 
@@ -90,7 +91,8 @@ def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.op
             seen = 0
             for batch in tqdm(data, desc=f"fine-tune epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
-                output = call_model(model, batch, inputs, device, f"batch {seen} of data")
+                batch = to_device(batch, device)  # the model's inputs and what loss_fn reads
+                output = call_model(model, batch, inputs, where=f"batch {seen} of data")
                 if loss_fn is None:
                     loss = default_loss(output, batch, targets)
                 else:

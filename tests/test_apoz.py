@@ -218,6 +218,49 @@ def test_tracker_state_dict_roundtrip():
         assert torch.equal(t2.report()[key].zeros, ref[key].zeros)
 
 
+def test_a_state_dict_is_a_snapshot_and_a_loaded_one_is_not_shared():
+    model = models.mlp().eval()
+    x = torch.randn(5, 10)
+    with torch.no_grad(), pozfast.track_apoz(model) as t:
+        model(x)
+    state = t.state_dict()
+    frozen = {s["module"]: s["counts"].clone() for s in state["sites"]}
+    t2 = pozfast.track_apoz(model)
+    t2.load_state_dict(state)
+    with torch.no_grad(), t, t2:
+        model(x)
+    assert all(torch.equal(s["counts"], frozen[s["module"]]) for s in state["sites"])  # later counting left it
+    for key in t.report().layers:
+        assert torch.equal(t2.report()[key].zeros, t.report()[key].zeros)  # each counted the forward once
+
+
+def test_a_tracker_started_in_inference_mode_counts_outside_it():
+    model = models.mlp().eval()
+    x = torch.randn(5, 10)
+    with torch.inference_mode(), pozfast.track_apoz(model) as t:
+        model(x)
+    with torch.no_grad(), t:
+        model(x)
+    ref = pozfast.apoz(model, [x, x], progress=False)
+    assert t.batches == 2
+    for key in ref.layers:
+        assert torch.equal(t.report()[key].zeros, ref[key].zeros)
+
+
+def test_leaving_a_tracker_removes_its_hooks_and_mode_even_when_dropping_a_forward_fails(monkeypatch):
+    model = models.mlp().eval()
+    tracker = pozfast.track_apoz(model)
+
+    def fail():
+        raise RuntimeError("device error")
+
+    with pytest.raises(RuntimeError, match="device error"):
+        with tracker:
+            monkeypatch.setattr(tracker, "_abort", fail)
+    assert not torch._C._is_torch_function_mode_enabled()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
 def test_report_save_load_summary_plots(tmp_path):
     report = pozfast.apoz(models.vgg().eval(), [torch.randn(6, 1, 8, 8)], progress=False)
     path = report.save(tmp_path / "r.json")

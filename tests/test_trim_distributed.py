@@ -1,5 +1,6 @@
 """prune.trim under torch.distributed: 2 gloo processes on CPU against one process on the union of their data."""
 
+import gc
 import json
 from pathlib import Path
 
@@ -137,13 +138,20 @@ def test_ranks_that_disagree_or_lack_data_fail_together(tmp_path, mode, match):
     assert not (tmp_path / "ckpt" / "state.pt").exists()
 
 
-def test_ddp_model_without_a_process_group_is_refused(tmp_path):
+def test_ddp_model_without_a_process_group_is_refused(tmp_path, monkeypatch):
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
-    ddp = nn.parallel.DistributedDataParallel(models.PlainCNN())
-    torch.distributed.destroy_process_group()
-    train_set, val_set = datasets()
-    with pytest.raises(RuntimeError, match="no torch.distributed process group"):
-        prune.trim(ddp, DataLoader(train_set), DataLoader(val_set), layers=LAYERS)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(models.PlainCNN())
+        train_set, val_set = datasets()
+        # The group looks gone while it is still up: a DDP reducer freed after its gloo group was destroyed
+        # can hang in gloo, so the wrapper goes before the group does.
+        with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="no torch.distributed process group"):
+            patch.setattr(torch.distributed, "is_initialized", lambda: False)
+            prune.trim(ddp, DataLoader(train_set), DataLoader(val_set), layers=LAYERS)
+        del ddp
+        gc.collect()
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_trim_command_under_torchrun(tmp_path):
@@ -170,3 +178,25 @@ def test_trim_command_under_torchrun(tmp_path):
     assert res.stdout.count("| round |") == 1  # rank 0 reports
     rows = json.loads((tmp_path / "out" / "trim.json").read_text())["rows"]
     assert [r["widths"] for r in rows] == [{"conv2": 8, "fc1": 24}, {"conv2": 6, "fc1": 18}, {"conv2": 5, "fc1": 14}]
+
+
+@pytest.mark.parametrize("gpus,device,want", [(2, None, ("nccl", "cuda:1")), (2, "cuda", ("nccl", "cuda:1")),
+                                              (1, None, ("gloo", None)), (2, "cpu", ("gloo", "cpu")),
+                                              (0, None, ("gloo", None))])
+def test_the_command_line_puts_each_torchrun_rank_on_its_gpu_when_each_has_one(monkeypatch, gpus, device, want):
+    # Under NCCL a CPU model cannot be wrapped in DDP, and two ranks cannot share one GPU: NCCL and the rank's
+    # GPU when every local rank has one, else gloo where the model is.
+    from pozfast import cli
+
+    joined = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: joined.append(index))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend: joined.append(backend))
+    got = cli._join_torchrun(device)
+    assert (joined[-1], got) == want
+    assert joined[:-1] == ([1] if want[0] == "nccl" else [])
