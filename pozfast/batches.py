@@ -18,6 +18,7 @@ Targets: ``targets=batch -> y`` if given; else the second item of a tuple or lis
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,7 +84,9 @@ def call_args(model: nn.Module, batch: Any, inputs: Inputs | None = None) -> tup
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
-    """``obj`` with every tensor inside (tuples, lists, namedtuples, dicts) moved to ``device``."""
+    """``obj`` with every tensor inside (tuples, lists, namedtuples, mappings) moved to ``device``. A mapping
+    keeps its type where a copy of it can be updated (a Hugging Face ``BatchEncoding`` stays one, for
+    ``inputs=``, ``targets=`` and ``loss_fn`` callables that read its attributes)."""
     if isinstance(obj, Tensor):
         return obj.to(device, non_blocking=True)
     if _is_namedtuple(obj):
@@ -91,7 +94,15 @@ def to_device(obj: Any, device: torch.device | str) -> Any:
     if isinstance(obj, (tuple, list)):
         return type(obj)(to_device(o, device) for o in obj)
     if isinstance(obj, Mapping):
-        return {k: to_device(v, device) for k, v in obj.items()}
+        moved = {k: to_device(v, device) for k, v in obj.items()}
+        if type(obj) is not dict:
+            try:
+                same = copy.copy(obj)
+                same.update(moved)
+                return same
+            except (TypeError, AttributeError):
+                pass
+        return moved
     return obj
 
 

@@ -311,10 +311,18 @@ def _join_torchrun(device: str | None) -> str | None:
 
 
 def _placed(model: Any, device: str | None) -> Any:
-    """The model from --model on --device (the function builds it where it likes, usually the CPU)."""
+    """The model from --model on --device when the function built it on the CPU; a model it placed (on a GPU,
+    split over devices, offloaded) stays where it is."""
+    import torch
+
     from pozfast.validate import device as checked_device
 
-    return model.to(checked_device(device)) if device is not None and hasattr(model, "to") else model
+    if device is None or not isinstance(model, torch.nn.Module):
+        return model
+    device = checked_device(device)
+    tensors = [*model.parameters(), *model.buffers()]
+    on_cpu = all(t.device.type == "cpu" for t in tensors) and not getattr(model, "hf_device_map", None)
+    return model.to(device) if on_cpu else model
 
 
 def cmd_trim(args: argparse.Namespace) -> int:
@@ -370,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="MODULE:FUNCTION",
                    help="function returning an iterable of batches (tensors, (inputs, targets) or dicts)")
     p.add_argument("--out", default="pozfast-apoz", metavar="DIR", help="output folder (default: %(default)s)")
-    p.add_argument("--device", help="device the model and its inputs go to (default: where the model is)")
+    p.add_argument("--device", help="device the inputs go to, and a model built on the CPU (default: the model's)")
     p.add_argument("--layers", nargs="+", metavar="KEY", help="report only these layer keys or module names")
     p.add_argument("--max-batches", type=int, metavar="N", help="stop after N batches")
     p.add_argument("--checkpoint", metavar="FILE", help="save counts here while running; resume from it if it exists")
@@ -468,8 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--rounds", type=int, default=3)
     t.add_argument("--epochs", type=int, default=1, help="fine-tuning epochs per round")
     t.add_argument("--lr", type=float, default=0.01, help="SGD learning rate for fine-tuning (momentum 0.9)")
-    t.add_argument("--device", help="device the model and its inputs go to (default: where the model is; under "
-                                    "torchrun with GPUs, each rank's GPU)")
+    t.add_argument("--device", help="device the inputs go to, and a model built on the CPU (default: the model's; "
+                                    "under torchrun with a GPU per rank, each rank's GPU)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", default="pozfast-trim", metavar="DIR", help="output and checkpoint folder")
     t.add_argument("--resume", action="store_true", help="continue the run checkpointed in --out")

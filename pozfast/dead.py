@@ -37,8 +37,9 @@ def _tf32_hint(outputs: list[Tensor]) -> str:
     """Why float32 outputs on a GPU may move by more than rounding: TF32 convolutions or matmuls."""
     if not any(o.is_cuda and o.dtype == torch.float32 for o in outputs):
         return ""
-    return (". On a GPU, float32 convolutions run in TF32 by default (torch.backends.cudnn.allow_tf32), with "
-            "about 1e-3 relative error: switch TF32 off for the check, or pass exact=False")
+    return (". On a GPU, float32 convolutions run in TF32 unless it is switched off (torch.backends.cudnn."
+            "allow_tf32, on by default), with about 1e-3 relative error: switch it off for the check, or pass "
+            "exact=False")
 
 
 @dataclasses.dataclass

@@ -260,6 +260,7 @@ class APoZTracker:
         try:
             self._abort()
         finally:  # the mode and the hooks go even when dropping an unfinished forward fails
+            self._outside_inference_mode()
             mode = _active.mode
             mode.trackers.remove(self)
             if not mode.trackers:
@@ -270,6 +271,14 @@ class APoZTracker:
                 for h in handles:
                     h.remove()
             self._handles.clear()
+
+    def _outside_inference_mode(self) -> None:
+        """Counters that a compiled forward made under ``torch.inference_mode()`` (it traces counter()'s way
+        out of it) become plain tensors, so that forwards outside inference mode can add to them."""
+        for site in self._sites.values():
+            if site.counts.is_inference():
+                site.counts, site.seen, site.pending, site.p_seen = (
+                    counter(t, t.device) for t in (site.counts, site.seen, site.pending, site.p_seen))
 
     def _compiled_back(self) -> None:
         if self._restore_compiled is not None:

@@ -91,8 +91,8 @@ def fine_tune(model: nn.Module, data: Iterable, epochs: int, optimizer: torch.op
             seen = 0
             for batch in tqdm(data, desc=f"fine-tune epoch {epoch + 1}/{epochs}", disable=not progress, leave=False):
                 optimizer.zero_grad(set_to_none=True)
-                batch = to_device(batch, device)  # the model's inputs and what loss_fn reads
-                output = call_model(model, batch, inputs, where=f"batch {seen} of data")
+                batch = to_device(batch, device)  # once, for the model and for loss_fn
+                output = call_model(model, batch, inputs, device, f"batch {seen} of data")
                 if loss_fn is None:
                     loss = default_loss(output, batch, targets)
                 else:

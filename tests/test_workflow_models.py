@@ -4,6 +4,7 @@ architectures, compiled and DDP-wrapped models, exact dead-channel removal, save
 import collections
 import copy
 import gc
+import types
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,31 @@ def test_data_parallel_is_refused_with_advice():
 
 
 # --- batches, one way -----------------------------------------------------------------------------
+
+def test_moving_a_batch_keeps_a_hugging_face_batch_encoding_and_the_original():
+    from transformers import BatchEncoding
+
+    ids = torch.arange(6).view(2, 3)
+    batch = BatchEncoding({"input_ids": ids, "labels": ids.clone()})
+    moved = batches.to_device(batch, "cpu")
+    assert type(moved) is BatchEncoding and moved.labels is not None and moved is not batch
+    assert torch.equal(moved["input_ids"], ids) and batch["input_ids"] is ids
+    frozen = types.MappingProxyType({"x": ids})  # a mapping that cannot be updated becomes a dict
+    assert batches.to_device(frozen, "cpu") == {"x": ids}
+
+
+def test_counters_made_by_a_compiled_forward_in_inference_mode_count_outside_it():
+    net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
+    fn = torch.compile(lambda x: net(x))
+    x = torch.randn(5, 8)
+    with torch.inference_mode(), pozfast.track_apoz(net) as tracker:
+        fn(x)
+    with torch.no_grad(), tracker:
+        net(x)
+    want = pozfast.apoz(net, [x, x], progress=False)
+    assert tracker.batches == 2
+    assert torch.equal(tracker.report()["1"].zeros, want["1"].zeros) and tracker.report()["1"].examples == 10
+
 
 class KwModel(nn.Module):
     def __init__(self):
