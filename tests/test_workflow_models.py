@@ -273,9 +273,11 @@ def test_moving_a_batch_keeps_a_hugging_face_batch_encoding_and_the_original():
     assert batches.to_device(frozen, "cpu") == {"x": ids}
 
 
-def test_counters_made_by_a_compiled_forward_in_inference_mode_count_outside_it():
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_a_tracker_that_began_in_inference_mode_counts_outside_it(compiled):
+    # Its counters are made in its first forward; a compiled one traces its way out of inference mode.
     net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).eval()
-    fn = torch.compile(lambda x: net(x))
+    fn = torch.compile(lambda x: net(x)) if compiled else net
     x = torch.randn(5, 8)
     with torch.inference_mode(), pozfast.track_apoz(net) as tracker:
         fn(x)
