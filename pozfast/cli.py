@@ -84,9 +84,10 @@ def cmd_apoz(args: argparse.Namespace) -> int:
         model, data = digits.default_model(), digits.default_data()
     else:
         model, data = call_spec(args.model, "model"), call_spec(args.data, "data")
-    report = pozfast.apoz(_placed(model, args.device), data, device=args.device, layers=args.layers, max_batches=args.max_batches,
-                          progress=not args.no_progress, checkpoint=args.checkpoint, thresholds=args.thresholds,
-                          activations=args.activations, token_mask=None if args.token_mask == "none" else "auto")
+    report = pozfast.apoz(_placed(model, args.device), data, device=args.device, layers=args.layers,
+                          max_batches=args.max_batches, progress=not args.no_progress, checkpoint=args.checkpoint,
+                          thresholds=args.thresholds, activations=args.activations,
+                          token_mask=None if args.token_mask == "none" else "auto")
     report.save(out / "apoz.json")
     summary = report.summary()
     (out / "summary.txt").write_text(summary + "\n")

@@ -19,8 +19,7 @@ from pozfast.interop import as_feature_set, canonical_method, rdms_out, result_d
 from pozfast.ops import rdm_tiles
 from pozfast.rows import (RowStats, SquaredNorms, compute_dtype, condensed_length, default_block, row_stats,
                           squared_norms)
-from pozfast.validate import device as checked_device
-from pozfast.validate import optional_positive_int
+from pozfast.validate import device as checked_device, optional_positive_int
 
 
 def rdm(X: Any, *, method: str = "correlation", out: str | os.PathLike = "condensed", block: int | None = None,

@@ -64,6 +64,11 @@ class Site:
             with torch.inference_mode(False):
                 self.pending, self.p_seen = torch.zeros_like(self.counts), torch.zeros_like(self.seen)
 
+    def move(self, device: torch.device | str) -> None:
+        """Its counters as new plain tensors on ``device`` (see :func:`counter`)."""
+        self.counts, self.seen, self.pending, self.p_seen = (
+            counter(t, device) for t in (self.counts, self.seen, self.pending, self.p_seen))
+
     def seen_all(self) -> Tensor:
         """The committed ``seen`` with its host part, on the CPU."""
         return self.seen.cpu() + torch.tensor([*self.host_seen, 0])

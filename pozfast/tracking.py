@@ -277,8 +277,7 @@ class APoZTracker:
         out of it) become plain tensors, so that forwards outside inference mode can add to them."""
         for site in self._sites.values():
             if site.counts.is_inference():
-                site.counts, site.seen, site.pending, site.p_seen = (
-                    counter(t, t.device) for t in (site.counts, site.seen, site.pending, site.p_seen))
+                site.move(site.counts.device)
 
     def _compiled_back(self) -> None:
         if self._restore_compiled is not None:
@@ -467,8 +466,7 @@ class APoZTracker:
         elif producers and producers != site.producers:
             site.producers = union_names(site.producers, producers)
         if site.counts.device != x.device:  # the model moved: its counts go with it
-            site.counts, site.seen, site.pending, site.p_seen = (
-                counter(t, x.device) for t in (site.counts, site.seen, site.pending, site.p_seen))
+            site.move(x.device)
         self._touched.append(site)
         mask = None
         if self._forward_mask is not None:

@@ -174,19 +174,18 @@ def _run(counts: Tensor, x: Tensor, y: Optional[Tensor], layout: tuple[tuple[int
     device = x.device
     rows = _mask_rows(mask, device) if mask is not None else None
     target = counts if counts.is_contiguous() else torch.zeros_like(counts, memory_format=torch.contiguous_format)
+    clear = y is not None and x.is_cuda and cuda_relu_clears(device, x.dtype)  # the ReLU's sign of a zero
     if backend == "triton":
         from pozfast.triton_kernels.near_zero import near_zero_count as triton_near_zero_count
 
         keys = threshold_keys(tuple(thresholds), x.dtype)
-        triton_near_zero_count(x, y, target, keys, outer, channels, inner, rows, repeat,
-                               clear=y is not None and x.is_cuda and cuda_relu_clears(device, x.dtype))
+        triton_near_zero_count(x, y, target, keys, outer, channels, inner, rows, repeat, clear=clear)
     else:
         keys = list(threshold_keys(tuple(thresholds), x.dtype))
         args = (x.data_ptr(), 0 if y is None else y.data_ptr(), target.data_ptr(), outer, channels, inner,
                 0 if rows is None else rows.data_ptr(), repeat, keys, _DTYPE_CODES[x.dtype])
         if backend == "cuda-native":
             with torch.cuda.device(device):
-                clear = y is not None and cuda_relu_clears(device, x.dtype)
                 native().near_zero_count_cuda(*args, clear, torch.cuda.current_stream(device).cuda_stream)
         else:
             # The thread count follows torch.set_num_threads (DataLoader workers and CPU DDP ranks lower it).
